@@ -1,0 +1,1 @@
+"""SAE architectures: one module per architecture."""

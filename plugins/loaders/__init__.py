@@ -1,0 +1,1 @@
+"""SAE checkpoint loaders: one module per on-disk format."""

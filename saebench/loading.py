@@ -1,0 +1,195 @@
+"""Building, loading and saving SAEs. Loader plugins read formats; this module holds what they share.
+
+Every failure a user can cause (a missing file, a truncated safetensors, a
+tensor of the wrong shape, NaN weights, a pickle without permission) becomes a
+:class:`~saebench.errors.CheckpointError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from saebench import plugin_manager
+from saebench.errors import CheckpointError, ConfigError
+from saebench.sae import SAE, SAEConfig
+
+NATIVE_FORMAT_VERSION = 1
+NATIVE_CONFIG = "cfg.json"
+NATIVE_WEIGHTS = "sae_weights.safetensors"
+
+
+class SAELoader:
+    """Reads one on-disk checkpoint layout into an :class:`SAE`."""
+
+    name: ClassVar[str] = ""
+    #: when several loaders detect a path, the highest priority wins
+    priority: ClassVar[int] = 0
+
+    def detect(self, path: Path) -> bool:
+        """Cheaply decide whether ``path`` (file or folder) is in this format. Must not raise."""
+        raise NotImplementedError
+
+    def load(self, path: Path, *, allow_pickle: bool = False) -> SAE:
+        """Read the checkpoint. Raise CheckpointError for anything wrong with the files."""
+        raise NotImplementedError
+
+
+# -- the public API ------------------------------------------------------------------------------
+def build_sae(arch: str, weights: Mapping[str, Any], **config: Any) -> SAE:
+    """An SAE of architecture ``arch`` from SAELens-named weights; d_in and d_sae default to W_enc's shape."""
+    cls = plugin_manager.get("architecture", arch)
+    if "W_enc" in weights and getattr(weights["W_enc"], "ndim", 0) == 2:
+        d_in, d_sae = weights["W_enc"].shape
+        config.setdefault("d_in", int(d_in))
+        config.setdefault("d_sae", int(d_sae))
+    where = config.pop("where", None)
+    cfg = make_config(dict(config, arch=arch), where=where or "build_sae")
+    return cls.from_weights(weights, cfg, where=where)
+
+
+def make_config(data: Mapping[str, Any], where: str | Path) -> SAEConfig:
+    """SAEConfig from a mapping, turning pydantic's report into a one-line ConfigError."""
+    try:
+        return SAEConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(pydantic_message(exc), where) from None
+    except TypeError as exc:
+        raise ConfigError(str(exc), where) from None
+
+
+def pydantic_message(exc: ValidationError) -> str:
+    """The first validation problem as ``key.path: message`` (one line)."""
+    errs = exc.errors()
+    first = errs[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+    more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
+    return f"{loc}: {first['msg']}{more}"
+
+
+def load_sae(
+    path: str | Path,
+    format: str = "auto",
+    *,
+    allow_pickle: bool = False,
+    device: str | torch.device | None = None,
+) -> SAE:
+    """Load an SAE from a file or folder in any registered format (``format="auto"`` detects it)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError("no such file or folder", path)
+    registry = plugin_manager.get_registry()
+    if format == "auto":
+        found = [info.obj() for info in registry.of_kind("loader")]
+        found = [ld for ld in found if _safe_detect(ld, path)]
+        if not found:
+            known = ", ".join(registry.names("loader"))
+            raise CheckpointError(f"not a checkpoint in any known format ({known}); pass format= to force one", path)
+        loader = max(found, key=lambda ld: ld.priority)
+    else:
+        loader = registry.get("loader", format)()
+    sae = loader.load(path, allow_pickle=allow_pickle)
+    sae.cfg.metadata.setdefault("format", loader.name)
+    sae.cfg.metadata.setdefault("path", str(path))
+    return sae.to(device) if device is not None else sae
+
+
+def _safe_detect(loader: SAELoader, path: Path) -> bool:
+    try:
+        return bool(loader.detect(path))
+    except Exception:
+        return False
+
+
+def save_sae(sae: SAE, path: str | Path) -> Path:
+    """Write ``sae`` in the native format: ``cfg.json`` (SAEConfig + format marker) and ``sae_weights.safetensors``."""
+    from safetensors.torch import save_file
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = sae.cfg.model_dump(mode="json")
+    cfg["saebench_format"] = NATIVE_FORMAT_VERSION
+    tmp = folder / (NATIVE_WEIGHTS + ".tmp")
+    save_file({k: v.contiguous().cpu() for k, v in sae.weights().items()}, str(tmp))
+    tmp.replace(folder / NATIVE_WEIGHTS)  # never leave a half-written checkpoint under the real name
+    (folder / NATIVE_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+    return folder
+
+
+# -- readers shared by the loader plugins ------------------------------------------------------
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError("missing weights file", path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"corrupt or truncated safetensors ({_short(exc)})", path) from None
+
+
+def read_npz(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError("missing weights file", path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: torch.from_numpy(np.array(data[k])) for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise CheckpointError(f"corrupt or truncated npz ({_short(exc)})", path) from None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError("missing config file", path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"invalid JSON ({_short(exc)})", path) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"expected a JSON object, got {type(data).__name__}", path)
+    return data
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise CheckpointError("missing config file", path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"invalid YAML ({_short(exc)})", path) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"expected a mapping, got {type(data).__name__}", path)
+    return data
+
+
+def read_pickle(path: Path, allow_pickle: bool) -> dict[str, Any]:
+    """A torch-pickled state dict, only with ``allow_pickle``, and then with ``weights_only=True``."""
+    if not allow_pickle:
+        raise CheckpointError(
+            "is a pickle file, which can run code when loaded; convert it to safetensors, "
+            "or pass allow_pickle=True (--allow-pickle) to read it with torch.load(weights_only=True)",
+            path,
+        )
+    if not path.is_file():
+        raise CheckpointError("missing weights file", path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        raise CheckpointError(f"unreadable pickle ({_short(exc)})", path) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"expected a state dict, got {type(data).__name__}", path)
+    return data
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:160] + "…") if len(text) > 160 else text or type(exc).__name__

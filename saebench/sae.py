@@ -1,0 +1,208 @@
+"""The SAE interface: a plain torch module with SAELens-named weights and a pydantic config.
+
+Notation (../shared/PEERS.md): x [..., d_in]; x' = s·x − b_dec when
+``apply_b_dec_to_input`` else s·x (s = ``act_scale``, 1 unless the SAE was
+trained on rescaled inputs); pre-activations h = x'·W_enc + b_enc; latents
+f = activation(h); reconstruction x̂ = (f·W_dec + b_dec) / s.
+
+Architectures subclass :class:`SAE`, set ``arch`` and implement
+:meth:`activation` (the float64-checkable definition). The fast paths in
+:mod:`saebench.kernel` use three optional hooks an architecture may override
+to fuse its activation into the GEMM: :meth:`_epilogue`, :meth:`_finish_dense`
+and :meth:`_finish_sparse`. Leaving them alone is always correct.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from torch import Tensor, nn
+
+from saebench.errors import CheckpointError, ShapeError
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class SAEConfig(BaseModel):
+    """What an SAE is: enough to rebuild it from its weights and to know where it applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: str
+    d_in: PositiveInt
+    d_sae: PositiveInt
+    k: PositiveInt | None = Field(None, description="latents kept per token (TopK-style architectures)")
+    apply_b_dec_to_input: bool = Field(False, description="encode x - b_dec instead of x (SAELens, OpenAI pre-bias)")
+    act_scale: float = Field(1.0, gt=0, description="inputs are multiplied by this before encoding; outputs divided")
+    hook_name: str | None = Field(None, description="hook point the SAE was trained on, if known")
+    model_name: str | None = Field(None, description="model the SAE was trained on, if known")
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+    metadata: dict[str, Any] = Field(default_factory=dict, description="provenance: source format, path, training stats")
+
+    @field_validator("act_scale")
+    @classmethod
+    def _finite_scale(cls, v: float) -> float:
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError("act_scale must be finite")
+        return v
+
+
+class SAE(nn.Module):
+    """Base class of every SAE architecture. Subclasses set ``arch`` and implement :meth:`activation`."""
+
+    arch: ClassVar[str] = ""
+    #: weight name -> shape in terms of the config ("d_in", "d_sae"); subclasses extend it
+    weight_shapes: ClassVar[dict[str, tuple[str, ...]]] = {
+        "W_enc": ("d_in", "d_sae"),
+        "W_dec": ("d_sae", "d_in"),
+        "b_enc": ("d_sae",),
+        "b_dec": ("d_in",),
+    }
+    #: True when latent i is active exactly where the fused GEMM output is > 0 (see _epilogue)
+    sparse_from_relu: ClassVar[bool] = False
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        if cfg.arch != self.arch:
+            raise CheckpointError(f"config says arch {cfg.arch!r} but {type(self).__name__} is {self.arch!r}")
+        self.cfg = cfg
+        self.validate_config(cfg)
+        dtype = DTYPES[cfg.dtype]
+        for name, dims in self.weight_shapes.items():
+            shape = tuple(getattr(cfg, d) for d in dims)
+            self.register_parameter(name, nn.Parameter(torch.zeros(shape, dtype=dtype), requires_grad=False))
+        self._plans: dict[Any, Any] = {}
+        #: tokens per chunk for the CPU kernel; None picks one from d_sae
+        self.chunk_tokens: int | None = None
+
+    # -- construction -------------------------------------------------------------------------
+    def validate_config(self, cfg: SAEConfig) -> None:
+        """Reject configs this architecture cannot run (e.g. TopK without k). Raise CheckpointError."""
+
+    @classmethod
+    def from_weights(cls, weights: Mapping[str, Any], cfg: SAEConfig, where: str | None = None) -> "SAE":
+        """Build from a mapping of SAELens-named tensors, checking names, shapes and finiteness."""
+        sae = cls(cfg)
+        where = where or "weights"
+        missing = [n for n in cls.weight_shapes if n not in weights]
+        if missing:
+            raise CheckpointError(f"missing tensor(s) {', '.join(missing)} for a {cls.arch} SAE", where)
+        with torch.no_grad():
+            for name, dims in cls.weight_shapes.items():
+                value = torch.as_tensor(weights[name])
+                expected = tuple(getattr(cfg, d) for d in dims)
+                if tuple(value.shape) != expected:
+                    got = list(value.shape)
+                    want = "[" + ", ".join(f"{d}={getattr(cfg, d)}" for d in dims) + "]"
+                    raise CheckpointError(f"tensor {name} has shape {got}, expected {want}", where)
+                if not value.is_floating_point():
+                    raise CheckpointError(f"tensor {name} has dtype {value.dtype}, expected a float", where)
+                if not torch.isfinite(value).all():
+                    bad = int((~torch.isfinite(value)).sum())
+                    raise CheckpointError(f"tensor {name} has {bad} NaN/Inf value(s)", where)
+                getattr(sae, name).copy_(value)
+        return sae
+
+    def weights(self) -> dict[str, Tensor]:
+        """The SAELens-named tensors (what :func:`saebench.build_sae` takes back)."""
+        return {n: getattr(self, n).detach() for n in self.weight_shapes}
+
+    # -- the definition (reference path, differentiable) ---------------------------------------
+    def activation(self, h: Tensor) -> Tensor:
+        """Dense latents from pre-activations h [..., d_sae]. The architecture's definition."""
+        raise NotImplementedError
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        x = x.to(self.W_enc.dtype)
+        if self.cfg.act_scale != 1.0:
+            x = x * self.cfg.act_scale
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def encode_reference(self, x: Tensor) -> Tensor:
+        """Dense latents through plain torch ops (autograd works); the kernel must agree with this."""
+        return self.activation(self.pre_acts(x))
+
+    # -- fusion hooks for the kernel ----------------------------------------------------------
+    def _epilogue(self) -> tuple[Tensor, str]:
+        """(bias added to x'·W_enc, post-op "relu" or "none") for the fused GEMM. Default: h itself."""
+        return self.b_enc, "none"
+
+    def _finish_dense(self, g: Tensor) -> Tensor:
+        """Dense latents from the fused GEMM output g of one chunk (may work in place)."""
+        return self.activation(g)
+
+    def _finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor:
+        """Latent values from g's non-zero entries (only used when ``sparse_from_relu``)."""
+        return values
+
+    # -- public API ---------------------------------------------------------------------------
+    def _needs_grad(self, x: Tensor) -> bool:
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+    def _check_input(self, x: Tensor) -> Tensor:
+        if x.ndim == 0 or x.shape[-1] != self.cfg.d_in:
+            raise ShapeError(f"{self.arch} SAE expects inputs [..., {self.cfg.d_in}], got {list(x.shape)}")
+        return x.to(self.W_enc.device)
+
+    def encode(self, x: Tensor, *, out: Tensor | None = None, compute_dtype: torch.dtype | None = None) -> Tensor:
+        """Dense latents [..., d_sae]. ``out`` (2-D, [tokens, d_sae]) reuses a buffer; ``compute_dtype=torch.bfloat16`` trades accuracy for speed."""
+        from saebench import kernel
+
+        x = self._check_input(x)
+        if self._needs_grad(x):
+            return self.encode_reference(x)
+        flat = kernel.encode_dense(self, x.reshape(-1, self.cfg.d_in), out=out, compute_dtype=compute_dtype)
+        return flat.view(*x.shape[:-1], self.cfg.d_sae)
+
+    def encode_sparse(
+        self, x: Tensor, *, k_max: int | None = None, compute_dtype: torch.dtype | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Active latents as (values, indices), each [..., K], never building a dense [tokens, d_sae] tensor.
+
+        TopK-style SAEs: K = k, every row has exactly k entries (some values may be 0 after the ReLU).
+        Threshold SAEs (ReLU, JumpReLU): K = the largest number of active latents of any token in ``x``
+        (or ``k_max`` if given, keeping each token's largest values); rows with fewer are padded with
+        value 0 at index 0, which :meth:`decode_sparse` and any sum over values ignore. A latent
+        is active where its value is non-zero. Indices are int64, values float32 (the SAE's dtype).
+        """
+        from saebench import kernel
+
+        x = self._check_input(x)
+        if self._needs_grad(x):
+            dense = self.encode_reference(x).reshape(-1, self.cfg.d_sae)
+            values, indices = dense.topk(self.cfg.k, dim=-1) if self.cfg.k else kernel.pack_nonzero(dense, k_max)
+        else:
+            values, indices = kernel.encode_sparse(self, x.reshape(-1, self.cfg.d_in), k_max=k_max, compute_dtype=compute_dtype)
+        lead = x.shape[:-1]
+        return values.view(*lead, values.shape[-1]), indices.view(*lead, indices.shape[-1])
+
+    def decode(self, f: Tensor) -> Tensor:
+        """Reconstruction from dense latents f [..., d_sae]."""
+        if f.shape[-1] != self.cfg.d_sae:
+            raise ShapeError(f"{self.arch} SAE decodes latents [..., {self.cfg.d_sae}], got {list(f.shape)}")
+        x_hat = f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+        return x_hat / self.cfg.act_scale if self.cfg.act_scale != 1.0 else x_hat
+
+    def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
+        """Reconstruction from (values, indices) [..., K] as returned by :meth:`encode_sparse`."""
+        from saebench import kernel
+
+        if values.shape != indices.shape:
+            raise ShapeError(f"values {list(values.shape)} and indices {list(indices.shape)} differ in shape")
+        lead = values.shape[:-1]
+        flat = kernel.decode_sparse(self, values.reshape(-1, values.shape[-1]), indices.reshape(-1, indices.shape[-1]))
+        return flat.view(*lead, self.cfg.d_in)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruction x̂ of x [..., d_in]."""
+        if self._needs_grad(x):
+            return self.decode(self.encode_reference(self._check_input(x)))
+        return self.decode_sparse(*self.encode_sparse(x))
+
+    def extra_repr(self) -> str:
+        k = f", k={self.cfg.k}" if self.cfg.k else ""
+        return f"arch={self.arch}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{k}"
