@@ -35,6 +35,23 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from saebench.loading import load_sae
+
+    sae = load_sae(args.path, args.format, allow_pickle=args.allow_pickle)
+    dec_norms = sae.W_dec.detach().float().norm(dim=-1)
+    info = {
+        **sae.cfg.model_dump(mode="json"),
+        "decoder_row_norm": {"min": dec_norms.min().item(), "mean": dec_norms.mean().item(), "max": dec_norms.max().item()},
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:22s} {value}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from saebench.demo import run_demo
 
@@ -49,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list every registered plugin")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("inspect", help="load an SAE checkpoint (any format) and print its config")
+    p.add_argument("path", help="checkpoint file or folder")
+    p.add_argument("--format", default="auto", help="loader name (default: detect)")
+    p.add_argument("--allow-pickle", action="store_true", help="read .pt pickles (with torch.load weights_only=True)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("demo", help="save SAEs in every format, load them back, encode, print a table")
     p.add_argument("--tokens", type=int, default=4096)

@@ -108,7 +108,7 @@ def encode_dense(sae: "SAE", x: Tensor, out: Tensor | None = None, compute_dtype
         from saebench.errors import ShapeError
 
         raise ShapeError(f"out must be a contiguous [{n}, {d_sae}] tensor, got {list(out.shape)}")
-    k = sae.cfg.k
+    k = sae.cfg.k if sae.topk_per_token else None
     for s in _chunks(n, plan.chunk):
         g = plan.linear(x[s])
         if k is not None:
@@ -126,8 +126,8 @@ def encode_sparse(
     plan = plan_for(sae, compute_dtype)
     n = x.shape[0]
     dtype = sae.W_enc.dtype
-    k = sae.cfg.k
-    if k is not None:
+    if sae.topk_per_token:
+        k = sae.cfg.k
         values = torch.empty(n, k, dtype=plan.dtype, device=x.device)
         indices = torch.empty(n, k, dtype=torch.long, device=x.device)
         for s in _chunks(n, plan.chunk):

@@ -2,7 +2,8 @@
 
 Every failure a user can cause (a missing file, a truncated safetensors, a
 tensor of the wrong shape, NaN weights, a pickle without permission) becomes a
-:class:`~saebench.errors.CheckpointError` naming the file and the problem.
+:class:`~saebench.errors.CheckpointError` (or, for a bad config value, a
+:class:`~saebench.errors.ConfigError`) naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 from pydantic import ValidationError
 
 from saebench import plugin_manager
-from saebench.errors import CheckpointError, ConfigError
-from saebench.sae import SAE, SAEConfig
+from saebench.errors import CheckpointError, ConfigError, PluginError
+from saebench.sae import DTYPES, SAE, SAEConfig
 
 NATIVE_FORMAT_VERSION = 1
 NATIVE_CONFIG = "cfg.json"
@@ -90,13 +91,14 @@ def load_sae(
         found = [ld for ld in found if _safe_detect(ld, path)]
         if not found:
             known = ", ".join(registry.names("loader"))
-            raise CheckpointError(f"not a checkpoint in any known format ({known}); pass format= to force one", path)
+            hint = "; convert pickles to safetensors" if path.suffix in (".pt", ".pth", ".bin", ".ckpt", ".pkl") else ""
+            raise CheckpointError(f"not a checkpoint in any known format ({known}){hint}; pass format= to force one", path)
         loader = max(found, key=lambda ld: ld.priority)
     else:
         loader = registry.get("loader", format)()
     sae = loader.load(path, allow_pickle=allow_pickle)
     sae.cfg.metadata.setdefault("format", loader.name)
-    sae.cfg.metadata.setdefault("path", str(path))
+    sae.cfg.metadata.setdefault("path", str(path.resolve()))
     return sae.to(device) if device is not None else sae
 
 
@@ -188,6 +190,60 @@ def read_pickle(path: Path, allow_pickle: bool) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"expected a state dict, got {type(data).__name__}", path)
     return data
+
+
+def build_checkpoint(
+    arch: str,
+    tensors: Mapping[str, Any],
+    where: str | Path,
+    *,
+    names: Mapping[str, str] | None = None,
+    cfg_where: str | Path | None = None,
+    **config: Any,
+) -> SAE:
+    """:func:`build_sae` for loader plugins: every problem becomes a CheckpointError naming a file.
+
+    ``names`` maps SAELens names to the checkpoint's own (``"encoder.weight.T"``: that tensor,
+    transposed); without it ``tensors`` already uses SAELens names. Problems with the weights name
+    ``where``, problems with config values (a bad ``k``...) name ``cfg_where`` (default ``where``).
+    """
+    names = dict(names) if names is not None else {n: n for n in tensors}
+    weights: dict[str, Any] = {}
+    missing = [t.removesuffix(".T") for t in names.values() if t.removesuffix(".T") not in tensors]
+    if missing:
+        raise CheckpointError(f"missing tensor(s) {', '.join(missing)}", where)
+    for ours, theirs in names.items():
+        key = theirs.removesuffix(".T")
+        value = tensors[key]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{key} is a {type(value).__name__}, expected a tensor", where)
+        if key != theirs:
+            if value.ndim != 2:
+                raise CheckpointError(f"tensor {key} has shape {list(value.shape)}, expected a matrix", where)
+            value = value.T
+        weights[ours] = value
+    try:
+        return build_sae(arch, weights, where=str(where), **config)
+    except (ConfigError, PluginError) as exc:
+        raise CheckpointError(exc.problem, cfg_where or where) from None
+    except CheckpointError as exc:
+        if exc.where is None:  # raised by an architecture's validate_config, which knows no file
+            raise CheckpointError(exc.problem, cfg_where or where) from None
+        alias = [f"{o} is {t} here" for o, t in names.items() if o != t and exc.problem.startswith(f"tensor {o} ")]
+        if alias:
+            raise CheckpointError(f"{exc.problem} ({alias[0]})", exc.where) from None
+        raise
+
+
+def dtype_name(dtype: Any, default: str = "float32") -> str:
+    """SAEConfig's name for a torch dtype or a peer's string (``"torch.bfloat16"``); ``default`` if it is not one."""
+    name = str(dtype).removeprefix("torch.")
+    return name if name in DTYPES else default
+
+
+def masked_relu_threshold(threshold: torch.Tensor) -> torch.Tensor:
+    """θ for our JumpReLU h·1[h>θ] that gives SAELens's and Gemma Scope's ReLU(h)·1[h>θ] exactly: max(θ, 0)."""
+    return threshold.clamp(min=0) if isinstance(threshold, torch.Tensor) else threshold
 
 
 def _short(exc: BaseException) -> str:

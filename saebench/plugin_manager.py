@@ -134,7 +134,7 @@ class _Loader:
 
     def collect(self) -> Registry:
         for kind, (hook_name, _) in KINDS.items():
-            for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():  # registration order
                 try:
                     impl.function(register=partial(self._register, kind, impl.plugin_name))
                 except Exception as exc:
@@ -182,6 +182,12 @@ def get_registry() -> Registry:
 def register_plugin(plugin: object, name: str | None = None) -> None:
     """Register a module or object with hookimpls in this process (notebooks, tests), without packaging it."""
     _extra.append((plugin, name or getattr(plugin, "__name__", repr(plugin))))
+    reset()
+
+
+def unregister_plugin(name: str) -> None:
+    """Undo :func:`register_plugin` (tests use it to keep a plugin to one test)."""
+    _extra[:] = [(p, n) for p, n in _extra if n != name]
     reset()
 
 

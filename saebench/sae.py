@@ -14,8 +14,10 @@ and :meth:`_finish_sparse`. Leaving them alone is always correct.
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar, Literal, Mapping
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 from torch import Tensor, nn
@@ -41,6 +43,15 @@ class SAEConfig(BaseModel):
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
     metadata: dict[str, Any] = Field(default_factory=dict, description="provenance: source format, path, training stats")
 
+    @field_validator("metadata")
+    @classmethod
+    def _json_metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metadata must be JSON-serialisable ({exc})") from None
+        return v
+
     @field_validator("act_scale")
     @classmethod
     def _finite_scale(cls, v: float) -> float:
@@ -62,6 +73,9 @@ class SAE(nn.Module):
     }
     #: True when latent i is active exactly where the fused GEMM output is > 0 (see _epilogue)
     sparse_from_relu: ClassVar[bool] = False
+    #: True when every token keeps exactly ``cfg.k`` latents (TopK); then the kernel runs a per-chunk
+    #: top-k. Other uses of ``k`` (BatchTopK's training statistic) leave this False.
+    topk_per_token: ClassVar[bool] = False
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -84,14 +98,17 @@ class SAE(nn.Module):
     @classmethod
     def from_weights(cls, weights: Mapping[str, Any], cfg: SAEConfig, where: str | None = None) -> "SAE":
         """Build from a mapping of SAELens-named tensors, checking names, shapes and finiteness."""
-        sae = cls(cfg)
+        sae = cls(cfg)  # config problems carry no file: the caller knows which file holds the config
         where = where or "weights"
         missing = [n for n in cls.weight_shapes if n not in weights]
         if missing:
             raise CheckpointError(f"missing tensor(s) {', '.join(missing)} for a {cls.arch} SAE", where)
         with torch.no_grad():
             for name, dims in cls.weight_shapes.items():
-                value = torch.as_tensor(weights[name])
+                value = weights[name]
+                if not isinstance(value, (Tensor, np.ndarray)):
+                    raise CheckpointError(f"{name} is a {type(value).__name__}, expected a tensor", where)
+                value = torch.as_tensor(value)
                 expected = tuple(getattr(cfg, d) for d in dims)
                 if tuple(value.shape) != expected:
                     got = list(value.shape)
@@ -114,13 +131,17 @@ class SAE(nn.Module):
         """Dense latents from pre-activations h [..., d_sae]. The architecture's definition."""
         raise NotImplementedError
 
-    def pre_acts(self, x: Tensor) -> Tensor:
+    def prepare_input(self, x: Tensor) -> Tensor:
+        """x' = s·x − b_dec (or s·x): what the encoder multiplies by W_enc."""
         x = x.to(self.W_enc.dtype)
         if self.cfg.act_scale != 1.0:
             x = x * self.cfg.act_scale
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        return x
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return self.prepare_input(x) @ self.W_enc + self.b_enc
 
     def encode_reference(self, x: Tensor) -> Tensor:
         """Dense latents through plain torch ops (autograd works); the kernel must agree with this."""
@@ -136,7 +157,11 @@ class SAE(nn.Module):
         return self.activation(g)
 
     def _finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor:
-        """Latent values from g's non-zero entries (only used when ``sparse_from_relu``)."""
+        """Latent values from g's non-zero entries (only used when ``sparse_from_relu``).
+
+        ``values`` and ``latents`` are flat and aligned: entry j is g's value at latent ``latents[j]``
+        (so a per-latent parameter is indexed by ``latents``, a scalar one is simply broadcast).
+        """
         return values
 
     # -- public API ---------------------------------------------------------------------------
@@ -174,7 +199,7 @@ class SAE(nn.Module):
         x = self._check_input(x)
         if self._needs_grad(x):
             dense = self.encode_reference(x).reshape(-1, self.cfg.d_sae)
-            values, indices = dense.topk(self.cfg.k, dim=-1) if self.cfg.k else kernel.pack_nonzero(dense, k_max)
+            values, indices = dense.topk(self.cfg.k, dim=-1) if self.topk_per_token else kernel.pack_nonzero(dense, k_max)
         else:
             values, indices = kernel.encode_sparse(self, x.reshape(-1, self.cfg.d_in), k_max=k_max, compute_dtype=compute_dtype)
         lead = x.shape[:-1]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Full-size benchmarks (minutes); results are written to benchmarks/RESULTS.md by hand from this output.
+# Full-size benchmarks (~6 min on 2 cores). Prints a side-by-side summary; benchmarks/RESULTS.md records the latest one.
 source "$(dirname "$0")/env.sh" test
 cd "$ROOT"
-python -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,max,rounds "$@"
+python -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,max,rounds "$@"

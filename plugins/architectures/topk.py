@@ -13,6 +13,7 @@ class TopKSAE(saebench.SAE):
     """TopK SAE: f = scatter(ReLU(top-k of h)), as SAELens defines it."""
 
     arch = "topk"
+    topk_per_token = True
 
     def validate_config(self, cfg: saebench.SAEConfig) -> None:
         if cfg.k is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import saebench
-from saebench import loading, plugin_manager
+from saebench import loading
 
 
 class NativeLoader(saebench.SAELoader):
@@ -41,10 +41,12 @@ class NativeLoader(saebench.SAELoader):
             raise saebench.CheckpointError(
                 f"saebench_format {version!r} is not supported (expected {loading.NATIVE_FORMAT_VERSION})", cfg_file
             )
-        cfg = loading.make_config(raw, where=cfg_file)
-        cls = plugin_manager.get("architecture", cfg.arch)
+        arch = raw.pop("arch", None)
+        if not isinstance(arch, str):
+            raise saebench.CheckpointError("no 'arch' (architecture name) in the config", cfg_file)
         weights_file = path / loading.NATIVE_WEIGHTS
-        return cls.from_weights(loading.read_safetensors(weights_file), cfg, where=str(weights_file))
+        tensors = loading.read_safetensors(weights_file)
+        return loading.build_checkpoint(arch, tensors, weights_file, cfg_where=cfg_file, **raw)
 
 
 @saebench.hookimpl

@@ -1,0 +1,47 @@
+"""Independent float64 definitions of the architectures, written from ../shared/PEERS.md, sharing no code with saebench."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def random_weights(d_in: int, d_sae: int, *, arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """SAELens-named weights at a scale where a fair share of latents fire (and many do not)."""
+    g = torch.Generator().manual_seed(seed)
+    w = {
+        "W_enc": torch.randn(d_in, d_sae, generator=g) / d_in**0.5,
+        "W_dec": torch.randn(d_sae, d_in, generator=g) / d_sae**0.5,
+        "b_enc": torch.randn(d_sae, generator=g) * 0.1 - 0.2,
+        "b_dec": torch.randn(d_in, generator=g) * 0.1,
+    }
+    if arch == "jumprelu":
+        w["threshold"] = torch.rand(d_sae, generator=g) * 0.8
+    return w
+
+
+def pre_acts(x, w, apply_b_dec_to_input=False, act_scale=1.0):
+    x = np.asarray(x, dtype=np.float64) * act_scale
+    if apply_b_dec_to_input:
+        x = x - np.asarray(w["b_dec"], dtype=np.float64)
+    return x @ np.asarray(w["W_enc"], dtype=np.float64) + np.asarray(w["b_enc"], dtype=np.float64)
+
+
+def encode(arch, x, w, k=None, apply_b_dec_to_input=False, act_scale=1.0):
+    h = pre_acts(x, w, apply_b_dec_to_input, act_scale)
+    if arch == "relu":
+        return np.maximum(h, 0.0)
+    if arch == "jumprelu":
+        theta = np.asarray(w["threshold"], dtype=np.float64)
+        return h * (h > theta)
+    if arch == "topk":
+        f = np.zeros_like(h)
+        idx = np.argsort(-h, axis=-1, kind="stable")[..., :k]
+        np.put_along_axis(f, idx, np.maximum(np.take_along_axis(h, idx, axis=-1), 0.0), axis=-1)
+        return f
+    raise ValueError(arch)
+
+
+def decode(f, w, act_scale=1.0):
+    x_hat = np.asarray(f, dtype=np.float64) @ np.asarray(w["W_dec"], dtype=np.float64) + np.asarray(w["b_dec"], dtype=np.float64)
+    return x_hat / act_scale
