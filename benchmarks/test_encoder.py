@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import saebench
+import saebench.kernel
 import conftest
 from conftest import K, SHAPES, TOKENS, record, run
 from saebench.kernel import onednn_available
@@ -219,3 +220,46 @@ def test_jumprelu_saebench_sparse_bf16(benchmark, case):
         f" JumpReLU: {100 * flips:.2f}% of active latents flip on/off at the threshold; "
         f"max |error| on latents active in both {err:.3f} (values ~{exact[both].abs().mean().item():.1f})."
     )
+
+
+# -- a wide dictionary: latent blocks and the running top-k ---------------------------------------
+WIDE = (64, 4096, 128) if conftest.SMALL else (768, 131072, 1024)  # d_in, d_sae, tokens
+
+
+@pytest.fixture(scope="module")
+def wide():
+    d_in, d_sae, tokens = WIDE
+    g = torch.Generator().manual_seed(1)
+    w = {"W_enc": torch.randn(d_in, d_sae, generator=g).div_(d_in**0.5), "W_dec": torch.randn(d_sae, d_in, generator=g).div_(d_sae**0.5),
+         "b_enc": torch.zeros(d_sae), "b_dec": torch.zeros(d_in)}
+    sae = saebench.build_sae("topk", w, k=K)
+    x = torch.randn(tokens, d_in, generator=g)
+    sae.encode_sparse(x[:8])
+    return SimpleNamespace(sae=sae, w=w, x=x, flops=2.0 * tokens * d_in * d_sae, tokens=tokens, tag=f"{d_in}x{d_sae}")
+
+
+def test_wide_topk_naive(benchmark, wide):
+    with torch.no_grad():
+        run(benchmark, lambda: topk_saelens_style(wide.x, wide.w["W_enc"], wide.w["b_enc"], K))
+    record(benchmark, f"topk {wide.tag}", "TopK naive torch, SAELens-style (dense scatter)", wide.flops, wide.tokens, "naive")
+
+
+def test_wide_topk_saebench_sparse(benchmark, wide):
+    blocks = len(saebench.kernel.plan_for(wide.sae).blocks)
+    run(benchmark, lambda: wide.sae.encode_sparse(wide.x))
+    record(benchmark, f"topk {wide.tag}", f"TopK saebench encode_sparse ({blocks} latent blocks, running top-k)",
+           wide.flops, wide.tokens)
+
+
+def test_wide_gemm_ceiling(benchmark, wide):
+    if not onednn_available():
+        pytest.skip("no oneDNN")
+    W = torch.ops.mkldnn._reorder_linear_weight(wide.w["W_enc"].t().contiguous(), 256)
+    b, x = wide.w["b_enc"], wide.x
+
+    def gemm():
+        for i in range(0, x.shape[0], 256):
+            torch.ops.mkldnn._linear_pointwise(x[i : i + 256], W, b, "none", [], "")
+
+    run(benchmark, gemm)
+    record(benchmark, f"gemm {wide.tag}", "bare GEMM: oneDNN packed, 256-token chunks", wide.flops, wide.tokens, "ceiling")

@@ -10,8 +10,11 @@ Why it is shaped this way (measurements in benchmarks/RESULTS.md):
 - Bias and the pre-encoder bias (x - b_dec) are folded into one bias vector;
   ``act_scale`` into the packed weight. ReLU is oneDNN's post-op; JumpReLU
   becomes ReLU(x·W + b_enc - θ) followed by adding θ back to the survivors.
-- TopK keeps a per-chunk top-k, so its extra memory is one chunk.
-Any other device (CUDA) uses the same chunking with plain torch ops.
+- Large dictionaries are split into latent blocks as well (tokens × latents
+  tiles), each with its own packed weight; TopK keeps a running top-k across
+  the blocks, threshold SAEs merge each block's non-zeros. Extra memory is one
+  tile plus the sparse output, whatever d_sae is.
+Any other device (CUDA) uses the same tiling with plain torch ops.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from torch import Tensor
 if TYPE_CHECKING:
     from saebench.sae import SAE
 
-#: chunk outputs of about this many floats (~24 MiB) stay in a 32 MiB last-level cache
-_CHUNK_ELEMENTS = 6 * 2**20
-_GPU_CHUNK_TOKENS = 16384
+#: a tile's output of about this many floats (~24 MiB) stays in a 32 MiB last-level cache
+_TILE_ELEMENTS = 6 * 2**20
+#: wider dictionaries are split into latent blocks of this many latents (architectures that allow it)
+MAX_BLOCK_LATENTS = 32768
+#: on GPUs a tile may be much larger (~1 GiB of fp32)
+_GPU_TILE_ELEMENTS = 2**28
 
 
 def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
@@ -41,21 +47,31 @@ def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
 
 
 @dataclass
-class EncoderPlan:
-    """Weights prepared for one (SAE parameters, device, compute dtype): folded bias, packed weight."""
+class Block:
+    """One slice of latents [lo, hi) with its prepared weight and bias."""
 
-    weight: Tensor  # oneDNN-packed [d_sae, d_in] on CPU, else [d_in, d_sae]
-    bias: Tensor  # [d_sae]
+    lo: int
+    hi: int
+    weight: Tensor  # oneDNN-packed [hi - lo, d_in] on CPU, else a [d_in, hi - lo] view
+    bias: Tensor  # [hi - lo]
+
+
+@dataclass
+class EncoderPlan:
+    """Weights prepared for one (SAE parameters, device, compute dtype): folded bias, packed weights."""
+
+    blocks: list[Block]
     post: str  # "relu" or "none"
     backend: str  # "onednn" or "torch"
-    chunk: int  # tokens per chunk
+    chunk: int  # tokens per tile
     dtype: torch.dtype
 
-    def linear(self, x: Tensor) -> Tensor:
+    def linear(self, x: Tensor, block: Block) -> Tensor:
+        """The fused GEMM output g [tokens, hi - lo] of one tile."""
         x = x.to(self.dtype)
         if self.backend == "onednn":
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.post, [], "")
-        g = torch.addmm(self.bias, x, self.weight)
+            return torch.ops.mkldnn._linear_pointwise(x, block.weight, block.bias, self.post, [], "")
+        g = torch.addmm(block.bias, x, block.weight)
         return g.relu_() if self.post == "relu" else g
 
 
@@ -63,10 +79,11 @@ def plan_for(sae: "SAE", compute_dtype: torch.dtype | None = None) -> EncoderPla
     """The cached plan for ``sae``, rebuilt whenever a parameter is modified or moved."""
     dtype = compute_dtype or torch.float32
     params = [getattr(sae, n) for n in sae.weight_shapes]
-    key = (dtype, sae.chunk_tokens, tuple((p.device, p.data_ptr(), p._version) for p in params))
+    key = (dtype, sae.chunk_tokens, MAX_BLOCK_LATENTS, tuple((p.device, p.data_ptr(), p._version) for p in params))
     plan = sae._plans.get(dtype)
     if plan is not None and plan[0] == key:
         return plan[1]
+    sae._plans.pop(dtype, None)  # free the stale packed weights before building new ones
     with torch.no_grad():
         built = _build_plan(sae, dtype)
     sae._plans[dtype] = (key, built)
@@ -82,14 +99,22 @@ def _build_plan(sae: "SAE", dtype: torch.dtype) -> EncoderPlan:
         bias = bias - sae.b_dec.float() @ W
     if cfg.act_scale != 1.0:
         W = W * cfg.act_scale
-    device = W.device
-    if device.type == "cpu" and onednn_available(dtype):
-        chunk = sae.chunk_tokens or max(64, min(1024, (_CHUNK_ELEMENTS // cfg.d_sae) // 64 * 64))
-        Wt = W.t().contiguous().to(dtype)
-        packed = torch.ops.mkldnn._reorder_linear_weight(Wt, chunk)
-        return EncoderPlan(packed, bias.to(dtype), post, "onednn", chunk, dtype)
-    chunk = sae.chunk_tokens or (_GPU_CHUNK_TOKENS if device.type != "cpu" else 256)
-    return EncoderPlan(W.to(dtype).contiguous(), bias.to(dtype), post, "torch", chunk, dtype)
+    width = cfg.d_sae
+    if sae.latent_blocks and cfg.d_sae > MAX_BLOCK_LATENTS:
+        width = max(MAX_BLOCK_LATENTS, cfg.k or 0)
+    onednn = W.device.type == "cpu" and onednn_available(dtype)
+    tile = _TILE_ELEMENTS if W.device.type == "cpu" else _GPU_TILE_ELEMENTS
+    chunk = sae.chunk_tokens or max(64, min(1024 if onednn else 65536, (tile // width) // 64 * 64))
+    blocks = []
+    for lo in range(0, cfg.d_sae, width):
+        hi = min(lo + width, cfg.d_sae)
+        b = bias[lo:hi].to(dtype).contiguous()
+        if onednn:
+            packed = torch.ops.mkldnn._reorder_linear_weight(W[:, lo:hi].t().contiguous().to(dtype), chunk)
+            blocks.append(Block(lo, hi, packed, b))
+        else:
+            blocks.append(Block(lo, hi, W.to(dtype)[:, lo:hi], b))
+    return EncoderPlan(blocks, post, "onednn" if onednn else "torch", chunk, dtype)
 
 
 def _chunks(n: int, size: int):
@@ -98,7 +123,7 @@ def _chunks(n: int, size: int):
 
 
 def encode_dense(sae: "SAE", x: Tensor, out: Tensor | None = None, compute_dtype: torch.dtype | None = None) -> Tensor:
-    """Dense latents [N, d_sae] of x [N, d_in], written chunk by chunk into ``out``."""
+    """Dense latents [N, d_sae] of x [N, d_in], written tile by tile into ``out``."""
     plan = plan_for(sae, compute_dtype)
     n, d_sae = x.shape[0], sae.cfg.d_sae
     dtype = sae.W_enc.dtype
@@ -108,15 +133,29 @@ def encode_dense(sae: "SAE", x: Tensor, out: Tensor | None = None, compute_dtype
         from saebench.errors import ShapeError
 
         raise ShapeError(f"out must be a contiguous [{n}, {d_sae}] tensor, got {list(out.shape)}")
-    k = sae.cfg.k if sae.topk_per_token else None
     for s in _chunks(n, plan.chunk):
-        g = plan.linear(x[s])
-        if k is not None:
-            values, indices = torch.topk(g, k, dim=-1, sorted=False)
-            out[s].zero_().scatter_(1, indices, values.relu_().to(dtype))
-        else:
-            out[s] = sae._finish_dense(g)
+        if sae.topk_per_token:
+            values, indices = _topk_tile_row(plan, x[s], sae.cfg.k)
+            out[s].zero_().scatter_(1, indices, values.to(dtype))
+            continue
+        for b in plan.blocks:
+            out[s, b.lo : b.hi] = sae._finish_dense(plan.linear(x[s], b), slice(b.lo, b.hi))
     return out
+
+
+def _topk_tile_row(plan: EncoderPlan, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """ReLU(top-k) of one chunk of tokens across all latent blocks: a running top-k."""
+    values = indices = None
+    for b in plan.blocks:
+        v, i = torch.topk(plan.linear(x, b), min(k, b.hi - b.lo), dim=-1, sorted=False)
+        if b.lo:
+            i += b.lo
+        if values is None:
+            values, indices = v, i
+        else:
+            values, pos = torch.topk(torch.cat([values, v], 1), k, dim=-1, sorted=False)
+            indices = torch.cat([indices, i], 1).gather(1, pos)
+    return values.relu_(), indices
 
 
 def encode_sparse(
@@ -128,17 +167,21 @@ def encode_sparse(
     dtype = sae.W_enc.dtype
     if sae.topk_per_token:
         k = sae.cfg.k
-        values = torch.empty(n, k, dtype=plan.dtype, device=x.device)
+        values = torch.empty(n, k, dtype=dtype, device=x.device)
         indices = torch.empty(n, k, dtype=torch.long, device=x.device)
         for s in _chunks(n, plan.chunk):
-            torch.topk(plan.linear(x[s]), k, dim=-1, sorted=False, out=(values[s], indices[s]))
-        return values.relu_().to(dtype), indices
+            values[s], indices[s] = _topk_tile_row(plan, x[s], k)
+        return values, indices
+    finish = sae._finish_sparse if sae.sparse_from_relu else None
     parts = []
     for s in _chunks(n, plan.chunk):
-        g = plan.linear(x[s])
-        if not sae.sparse_from_relu:
-            g = sae._finish_dense(g)
-        parts.append(_pack_chunk(sae, g, k_max))
+        row = []
+        for b in plan.blocks:
+            g = plan.linear(x[s], b)
+            if not sae.sparse_from_relu:
+                g = sae._finish_dense(g, slice(b.lo, b.hi))
+            row.append(pack_nonzero(g, k_max, finish, dtype, offset=b.lo))
+        parts.append(row[0] if len(row) == 1 else merge_packed(row, k_max))
     width = max((p[0].shape[1] for p in parts), default=0)
     values = torch.zeros(n, width, dtype=dtype, device=x.device)
     indices = torch.zeros(n, width, dtype=torch.long, device=x.device)
@@ -148,30 +191,40 @@ def encode_sparse(
     return values, indices
 
 
-def _pack_chunk(sae: "SAE", g: Tensor, k_max: int | None) -> tuple[Tensor, Tensor]:
-    """Pack the non-zeros of one chunk into rows of (values, indices), left-aligned, zero-padded."""
-    finish = sae._finish_sparse if sae.sparse_from_relu else None
-    return pack_nonzero(g, k_max, finish, sae.W_enc.dtype)
-
-
-def pack_nonzero(g: Tensor, k_max: int | None = None, finish=None, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
-    """Rows of (values, indices) holding the non-zeros of g [N, d_sae] in ascending latent order.
+def pack_nonzero(
+    g: Tensor, k_max: int | None = None, finish=None, dtype: torch.dtype | None = None, offset: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Rows of (values, indices) holding the non-zeros of g [N, width] in ascending latent order.
 
     Rows with fewer non-zeros than the widest are padded with value 0 at index 0. With ``k_max``,
-    rows keep their ``k_max`` largest-magnitude entries. ``finish(values, latents)`` maps the
-    raw non-zero values to latent values (the fused JumpReLU adds θ back).
+    rows keep their ``k_max`` largest-magnitude entries. Column j of g is latent ``offset + j``;
+    ``finish(values, latents)`` maps the raw non-zero values to latent values (the fused
+    JumpReLU adds θ back).
     """
     rows, cols = (g != 0).nonzero(as_tuple=True)  # row-major: each row's latents ascending
     vals = g[rows, cols]
+    if offset:
+        cols = cols + offset
     if finish is not None:
         vals = finish(vals, cols)
-    counts = torch.bincount(rows, minlength=g.shape[0])
+    return _pack(rows, cols, vals, g.shape[0], k_max, dtype or g.dtype)
+
+
+def merge_packed(parts: list[tuple[Tensor, Tensor]], k_max: int | None = None) -> tuple[Tensor, Tensor]:
+    """One packed (values, indices) from several packed over disjoint latent blocks of the same rows."""
+    values, indices = torch.cat([v for v, _ in parts], 1), torch.cat([i for _, i in parts], 1)
+    rows, pos = (values != 0).nonzero(as_tuple=True)
+    return _pack(rows, indices[rows, pos], values[rows, pos], values.shape[0], k_max, values.dtype)
+
+
+def _pack(rows: Tensor, latents: Tensor, vals: Tensor, n_rows: int, k_max: int | None, dtype: torch.dtype):
+    counts = torch.bincount(rows, minlength=n_rows)
     width = int(counts.max()) if counts.numel() else 0
-    slot = torch.arange(rows.numel(), device=g.device) - (torch.cumsum(counts, 0) - counts)[rows]
-    values = torch.zeros(g.shape[0], width, dtype=dtype or g.dtype, device=g.device)
-    indices = torch.zeros(g.shape[0], width, dtype=torch.long, device=g.device)
-    values[rows, slot] = vals.to(values.dtype)
-    indices[rows, slot] = cols
+    slot = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    values = torch.zeros(n_rows, width, dtype=dtype, device=rows.device)
+    indices = torch.zeros(n_rows, width, dtype=torch.long, device=rows.device)
+    values[rows, slot] = vals.to(dtype)
+    indices[rows, slot] = latents
     if k_max is not None and width > k_max:
         top = values.abs().topk(k_max, dim=-1).indices.sort(dim=-1).values
         values, indices = values.gather(1, top), indices.gather(1, top)

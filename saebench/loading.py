@@ -147,29 +147,20 @@ def read_npz(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"corrupt or truncated npz ({_short(exc)})", path) from None
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError("missing config file", path)
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"invalid JSON ({_short(exc)})", path) from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"expected a JSON object, got {type(data).__name__}", path)
-    return data
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
+    """A JSON (``.json``) or YAML (anything else) file that must hold a mapping."""
     import yaml
 
     if not path.is_file():
         raise CheckpointError("missing config file", path)
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"invalid YAML ({_short(exc)})", path) from None
+        text = path.read_text()
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"invalid {kind} ({_short(exc)})", path) from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"expected a mapping, got {type(data).__name__}", path)
+        raise CheckpointError(f"expected a {kind} object, got {type(data).__name__}", path)
     return data
 
 

@@ -76,6 +76,9 @@ class SAE(nn.Module):
     #: True when every token keeps exactly ``cfg.k`` latents (TopK); then the kernel runs a per-chunk
     #: top-k. Other uses of ``k`` (BatchTopK's training statistic) leave this False.
     topk_per_token: ClassVar[bool] = False
+    #: True when _epilogue/_finish_dense work on any slice of latents, so the kernel may split
+    #: very wide dictionaries into latent blocks. Leave False if activation() needs all latents.
+    latent_blocks: ClassVar[bool] = False
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -152,8 +155,11 @@ class SAE(nn.Module):
         """(bias added to x'·W_enc, post-op "relu" or "none") for the fused GEMM. Default: h itself."""
         return self.b_enc, "none"
 
-    def _finish_dense(self, g: Tensor) -> Tensor:
-        """Dense latents from the fused GEMM output g of one chunk (may work in place)."""
+    def _finish_dense(self, g: Tensor, latents: slice) -> Tensor:
+        """Dense latents from the fused GEMM output g of one tile, columns ``latents`` (may work in place).
+
+        ``latents`` is the whole range unless the architecture sets ``latent_blocks``.
+        """
         return self.activation(g)
 
     def _finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor:

@@ -44,6 +44,25 @@ def test_encode_matches_float64_reference(arch, extra, apply_b_dec, act_scale):
 
 
 @pytest.mark.parametrize("arch,extra", ARCHS)
+def test_latent_blocks_match_the_reference(arch, extra, monkeypatch):
+    """Wide dictionaries run in latent blocks (running top-k, merged non-zeros): same answer."""
+    monkeypatch.setattr(saebench.kernel, "MAX_BLOCK_LATENTS", 64)  # 320 latents -> 5 blocks
+    w = random_weights(D_IN, D_SAE, arch=arch)
+    sae = saebench.build_sae(arch, w, apply_b_dec_to_input=True, **extra)
+    assert len(saebench.kernel.plan_for(sae).blocks) == 5
+    x = torch.randn(130, D_IN) * 2
+    expected = ref_encode(arch, x.numpy(), w, k=extra.get("k"), apply_b_dec_to_input=True)
+    np.testing.assert_allclose(sae.encode(x).double().numpy(), expected, atol=2e-5)
+    values, indices = sae.encode_sparse(x)
+    np.testing.assert_allclose(dense_from_sparse(values, indices, D_SAE).numpy(), expected, atol=2e-5)
+    assert values.shape[-1] == (extra.get("k") or int((expected != 0).sum(-1).max()))
+    if arch != "topk":
+        capped, _ = sae.encode_sparse(x, k_max=3)
+        top3 = np.sort(np.sort(np.abs(expected), axis=-1)[:, -3:], axis=-1)
+        np.testing.assert_allclose(np.sort(capped.abs().numpy(), axis=-1), top3, atol=2e-5)
+
+
+@pytest.mark.parametrize("arch,extra", ARCHS)
 def test_some_latents_fire_and_some_do_not(arch, extra):
     """Guards the other tests against vacuous agreement (all zeros, or everything active)."""
     sae = saebench.build_sae(arch, random_weights(D_IN, D_SAE, arch=arch), **extra)

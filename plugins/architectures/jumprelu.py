@@ -15,6 +15,7 @@ class JumpReLUSAE(saebench.SAE):
     arch = "jumprelu"
     weight_shapes: ClassVar[dict[str, tuple[str, ...]]] = {**saebench.SAE.weight_shapes, "threshold": ("d_sae",)}
     sparse_from_relu = True
+    latent_blocks = True
 
     def activation(self, h: Tensor) -> Tensor:
         return h * (h > self.threshold).to(h.dtype)
@@ -24,8 +25,8 @@ class JumpReLUSAE(saebench.SAE):
     def _epilogue(self) -> tuple[Tensor, str]:
         return self.b_enc - self.threshold, "relu"
 
-    def _finish_dense(self, g: Tensor) -> Tensor:
-        return g.addcmul_(self.threshold.to(g.dtype), g.sign())
+    def _finish_dense(self, g: Tensor, latents: slice) -> Tensor:
+        return g.addcmul_(self.threshold[latents].to(g.dtype), g.sign())
 
     def _finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor:
         return values + self.threshold.to(values.dtype)[latents]

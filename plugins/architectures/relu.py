@@ -12,6 +12,7 @@ class ReLUSAE(saebench.SAE):
 
     arch = "relu"
     sparse_from_relu = True
+    latent_blocks = True
 
     def activation(self, h: Tensor) -> Tensor:
         return h.relu()
@@ -19,7 +20,7 @@ class ReLUSAE(saebench.SAE):
     def _epilogue(self) -> tuple[Tensor, str]:
         return self.b_enc, "relu"
 
-    def _finish_dense(self, g: Tensor) -> Tensor:
+    def _finish_dense(self, g: Tensor, latents: slice) -> Tensor:
         return g  # oneDNN already applied the ReLU
 
 

@@ -14,6 +14,7 @@ class TopKSAE(saebench.SAE):
 
     arch = "topk"
     topk_per_token = True
+    latent_blocks = True
 
     def validate_config(self, cfg: saebench.SAEConfig) -> None:
         if cfg.k is None:

@@ -35,7 +35,7 @@ class NativeLoader(saebench.SAELoader):
         cfg_file = self._config_file(path) if path.is_dir() else None
         if cfg_file is None:
             raise saebench.CheckpointError("expected a folder with cfg.json or cfg.yaml", path)
-        raw = loading.read_json(cfg_file) if cfg_file.suffix == ".json" else loading.read_yaml(cfg_file)
+        raw = loading.read_config(cfg_file)
         version = raw.pop("saebench_format", None)
         if version != loading.NATIVE_FORMAT_VERSION:
             raise saebench.CheckpointError(

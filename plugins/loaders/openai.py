@@ -58,7 +58,7 @@ class OpenAILoader(saebench.SAELoader):
                 "expected an OpenAI sparse_autoencoder state dict (.pt or .safetensors)", path
             )
         sidecar_file = next((f for f in (path.with_suffix(".json"), path.parent / "cfg.json") if f.is_file()), None)
-        sidecar = loading.read_json(sidecar_file) if sidecar_file else {}
+        sidecar = loading.read_config(sidecar_file) if sidecar_file else {}
         if path.suffix == ".safetensors":
             tensors: dict[str, Any] = loading.read_safetensors(path)
         else:

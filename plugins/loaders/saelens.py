@@ -66,7 +66,7 @@ class SAELensLoader(saebench.SAELoader):
         if not folder.is_dir():
             raise saebench.CheckpointError(f"expected a SAELens folder with {CONFIG} and {WEIGHTS}", path)
         cfg_file, weights_file = folder / CONFIG, folder / WEIGHTS
-        raw = loading.read_json(cfg_file)
+        raw = loading.read_config(cfg_file)
         meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
 
         def get(key: str, default: Any = None) -> Any:

@@ -73,7 +73,7 @@ class SparsifyLoader(saebench.SAELoader):
                 folder,
             )
         cfg_file, weights_file = folder / CONFIG, folder / WEIGHTS
-        raw = loading.read_json(cfg_file)
+        raw = loading.read_config(cfg_file)
         for flag, what in REFUSED.items():
             if raw.get(flag):
                 problem = f"is {what} ({flag}: true); saebench reads sparse autoencoders"

@@ -28,6 +28,7 @@ class BatchTopKSAE(saebench.SAE):
     arch = "batchtopk"
     weight_shapes: ClassVar[dict[str, tuple[str, ...]]] = {**saebench.SAE.weight_shapes, "threshold": ()}
     sparse_from_relu = True  # k is a training statistic: inference is a threshold, not a per-token top-k
+    latent_blocks = True  # one scalar θ fits any slice of latents
 
     def validate_config(self, cfg: saebench.SAEConfig) -> None:
         if cfg.k is None:
@@ -56,7 +57,7 @@ class BatchTopKSAE(saebench.SAE):
     def _epilogue(self) -> tuple[Tensor, str]:
         return self.b_enc - self._theta(), "relu"
 
-    def _finish_dense(self, g: Tensor) -> Tensor:
+    def _finish_dense(self, g: Tensor, latents: slice) -> Tensor:
         return g.addcmul_(self._theta().to(g.dtype), g.sign())
 
     def _finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor:
