@@ -4,6 +4,7 @@ from saebench.errors import CheckpointError, ConfigError, PluginError, SaebenchE
 from saebench.hookspecs import hookimpl
 from saebench.interfaces import (
     DataSource,
+    EvalInputs,
     Explainer,
     Explanation,
     LatentRecord,
@@ -29,6 +30,7 @@ __all__ = [
     "hookimpl",
     "ModelAdapter",
     "DataSource",
+    "EvalInputs",
     "Explainer",
     "Scorer",
     "LLMClient",

@@ -9,38 +9,67 @@ it needs and returns one :class:`ScoreResult`; it never writes to the store.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Iterator, Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, Field
+from torch import Tensor
 
 from saebench.sae import SAE
 
 
 class ModelAdapter(ABC):
-    """Loads a subject model, names its hook points, captures and replaces activations there."""
+    """Loads a subject model, names its hook points, captures and replaces activations there.
+
+    Constructed as ``Adapter(path, **options)`` (options from the matrix: ``device``, ``dtype``...),
+    which loads the model. Hook points are named ``layers.{i}`` (residual stream after block i),
+    ``layers.{i}.mlp`` and ``layers.{i}.attn`` (the sublayers' outputs).
+    """
 
     name: ClassVar[str] = ""
+    #: identifies the loaded weights for cache keys (path plus a content hash or revision)
+    model_id: str
+    bos_token_id: int | None
+    eos_token_id: int | None
+    pad_token_id: int | None
 
     @abstractmethod
     def hookpoints(self) -> list[str]:
-        """Every hook point this model exposes, e.g. ``layers.6``, ``layers.6.mlp``."""
+        """Every hook point this model exposes."""
 
     @abstractmethod
-    def tokenize(self, texts: Sequence[str], context_length: int) -> Any:
-        """Token ids [n_contexts, context_length], each context starting with BOS when the model has one."""
+    def d_model(self, hookpoint: str) -> int:
+        """Width of the activations at ``hookpoint``."""
 
     @abstractmethod
-    def capture(self, tokens: Any, hookpoints: Sequence[str]) -> dict[str, Any]:
-        """Activations [batch, seq, d] at each hook point; stops the forward after the deepest one."""
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of one document, without special tokens."""
+
+    @abstractmethod
+    def special_mask(self, tokens: Tensor) -> Tensor:
+        """Bool [batch, seq]: True at BOS/EOS/PAD positions, which every statistic excludes."""
+
+    @abstractmethod
+    def capture(self, tokens: Tensor, hookpoints: Sequence[str]) -> dict[str, Tensor]:
+        """Activations [batch, seq, d] (float32, CPU) at each hook point; stops after the deepest one."""
+
+    @abstractmethod
+    def logits(self, tokens: Tensor, replace: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
+        """Logits [batch, seq, vocab] (float32, CPU), with each named hook point's output
+        [batch, seq, d] replaced by ``replace[hookpoint](output)`` (e.g. an SAE's reconstruction)."""
 
 
 class DataSource(ABC):
-    """Yields documents (plain text) in a deterministic order."""
+    """Yields documents (plain text) in a deterministic order.
+
+    Constructed as ``Source(**options)`` with the matrix's ``data`` keys other than
+    ``source``, ``tokens`` and ``context_length``; a bad option raises ConfigError.
+    """
 
     name: ClassVar[str] = ""
 
     @abstractmethod
-    def documents(self, **options: Any) -> Iterator[str]:
+    def documents(self) -> Iterator[str]:
         """The documents of this source, first to last."""
 
 
@@ -85,15 +114,38 @@ class Explainer(ABC):
         """Explain one latent from its training examples."""
 
 
+@dataclass
+class EvalInputs:
+    """What the runner hands a scorer for one (model, hook point, SAE) cell.
+
+    ``activations()`` yields batches [n, d] of the cached activations at ``hookpoint`` for the
+    evaluation tokens, special positions (BOS/EOS/PAD) already removed, in a fixed order.
+    ``tokens`` are the evaluation contexts [n_contexts, context_length] those activations came
+    from; ``adapter`` is the loaded model, for scorers that must run it (downstream loss).
+    """
+
+    hookpoint: str
+    activations: Callable[[int], Iterator[Tensor]]
+    tokens: Tensor
+    adapter: ModelAdapter | None = None
+    seed: int = 0
+
+
 class Scorer(ABC):
-    """Computes metrics for one SAE (and, for interpretability scorers, its explanations)."""
+    """Computes metrics for one SAE (and, for interpretability scorers, its explanations).
+
+    Constructed as ``Scorer(**options)`` with the matrix's scorer options; a bad option raises
+    ConfigError. ``score`` must not write anywhere: the runner stores what it returns.
+    """
 
     name: ClassVar[str] = ""
     family: ClassVar[Literal["intrinsic", "interp", "probe"]] = "intrinsic"
+    #: whether score() needs inputs.adapter (a loaded model); others run from cached activations only
+    needs_model: ClassVar[bool] = False
 
     @abstractmethod
-    def score(self, sae: SAE, inputs: Any, **options: Any) -> ScoreResult:
-        """Score ``sae`` on ``inputs`` (cached activations, records, explanations: what the family needs)."""
+    def score(self, sae: SAE, inputs: EvalInputs) -> ScoreResult:
+        """Score ``sae``; metric names are short (``l0``), the runner prefixes the scorer's name."""
 
 
 class LLMRequest(BaseModel):
