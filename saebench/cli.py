@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Sequence
 
-from saebench.errors import SaebenchError
+from saebench.errors import ConfigError, SaebenchError
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -52,6 +52,61 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from saebench.leaderboard import render
+    from saebench.runner import run_matrix
+
+    report = run_matrix(args.matrix, quiet=args.quiet)
+    if not args.quiet:
+        from saebench.matrix import load_matrix
+
+        print(render(load_matrix(args.matrix).output, "markdown"))
+        print(f"\n{report.done} cell(s) computed, {report.skipped} already finished, {len(report.failed)} failed",
+              file=sys.stderr)
+    return report.exit_code
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from saebench.matrix import parse_matrix
+    from saebench.progress import Progress
+    from saebench.runner import Runner
+
+    train = {"arch": args.arch, "d_sae": args.d_sae, "tokens": args.tokens}
+    for key in ("k", "l1", "l0", "lr", "batch_size", "seed"):
+        if getattr(args, key) is not None:
+            train[key] = getattr(args, key)
+    import yaml
+
+    data = {"source": args.data_source, "tokens": args.context_length, "context_length": args.context_length}
+    for item in args.data or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}", "--data")
+        data[key] = yaml.safe_load(value)
+    matrix = parse_matrix({
+        "name": "train", "output": args.output, "cache_dir": args.cache_dir, "data": data,
+        "models": [{"name": "model", "adapter": args.adapter, "path": args.model, "hookpoints": [args.hookpoint]}],
+        "saes": [{"name": args.name, "model": "model", "hookpoint": args.hookpoint, "train": train}],
+    }, "saebench train")
+    runner = Runner(matrix, source="saebench train", progress=Progress(enabled=not args.quiet))
+    runner.run()
+    print(runner.trained_folder(matrix.saes[0]))
+    return 0
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from saebench.leaderboard import render
+
+    text = render(args.output, args.format, sort=args.sort, descending=args.descending)
+    if args.file:
+        from pathlib import Path
+
+        Path(args.file).write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from saebench.demo import run_demo
 
@@ -66,6 +121,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list every registered plugin")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("run", help="evaluate every cell of a matrix file (resumable)")
+    p.add_argument("matrix", help="matrix YAML file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no leaderboard")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("train", help="train one SAE on a model's activations and save it (native format)")
+    p.add_argument("--model", required=True, help="model path, hub id, .gguf or embedded:NAME")
+    p.add_argument("--adapter", default="hf-causal-lm")
+    p.add_argument("--hookpoint", required=True, help="e.g. layers.6")
+    p.add_argument("--arch", required=True, help="relu, topk, jumprelu or a plugin's architecture")
+    p.add_argument("--d-sae", type=int, required=True)
+    p.add_argument("--tokens", type=int, required=True, help="training tokens")
+    p.add_argument("--k", type=int)
+    p.add_argument("--l1", type=float)
+    p.add_argument("--l0", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-source", default="python-stdlib")
+    p.add_argument("--data", action="append", metavar="KEY=VALUE",
+                   help="a data-source option, value in YAML (e.g. --data 'paths=[corpus/*.txt]'); repeatable")
+    p.add_argument("--context-length", type=int, default=128)
+    p.add_argument("--name", default="sae", help="folder name of the trained SAE under OUTPUT/saes/")
+    p.add_argument("--output", default="runs/train")
+    p.add_argument("--cache-dir", help="activation cache (default OUTPUT/cache)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("leaderboard", help="print the results of a run as a table")
+    p.add_argument("output", help="the matrix's output folder")
+    p.add_argument("--format", default="csv", choices=["csv", "json", "markdown"])
+    p.add_argument("--sort", help="column to sort by, e.g. reconstruction.explained_variance")
+    p.add_argument("--descending", action="store_true", help="largest first")
+    p.add_argument("--output", dest="file", help="write to this file instead of stdout")
+    p.set_defaults(func=_cmd_leaderboard)
 
     p = sub.add_parser("inspect", help="load an SAE checkpoint (any format) and print its config")
     p.add_argument("path", help="checkpoint file or folder")

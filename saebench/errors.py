@@ -8,6 +8,7 @@ code 2; everything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class SaebenchError(Exception):
@@ -35,3 +36,20 @@ class PluginError(SaebenchError):
 
 class ShapeError(SaebenchError):
     """Tensors that must fit together do not."""
+
+
+def validation_error(exc: Any, where: str | Path) -> ConfigError:
+    """A one-line ConfigError from a pydantic ValidationError: the first problem, located by key path.
+
+    ``where`` is a file (``cfg.json`` -> ``cfg.json: k``) or already a key inside one
+    (``matrix.yaml: saes[1].train`` -> ``matrix.yaml: saes[1].train.k``).
+    """
+    errs = exc.errors()
+    loc = ".".join(str(p) for p in errs[0]["loc"])
+    msg = errs[0]["msg"].removeprefix("Value error, ")
+    if len(errs) > 1:
+        msg += f" (and {len(errs) - 1} more problem(s))"
+    where = str(where)
+    if loc:
+        where = f"{where}.{loc}" if ": " in where else f"{where}: {loc}"
+    return ConfigError(msg, where)

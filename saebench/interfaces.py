@@ -55,8 +55,11 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def logits(self, tokens: Tensor, replace: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
-        """Logits [batch, seq, vocab] (float32, CPU), with each named hook point's output
-        [batch, seq, d] replaced by ``replace[hookpoint](output)`` (e.g. an SAE's reconstruction)."""
+        """Logits [batch, seq, vocab] (float32, CPU), with each named hook point's output replaced by
+        ``replace[hookpoint](output)`` (e.g. an SAE's reconstruction). Each function is called exactly
+        once per call, with the full [batch, seq, d] float32 CPU tensor aligned with ``tokens``.
+        Logits are batch × seq × vocab floats (1 GB at 8×128 tokens for a 262k vocabulary): callers
+        keep batches small."""
 
 
 class DataSource(ABC):
@@ -118,10 +121,12 @@ class Explainer(ABC):
 class EvalInputs:
     """What the runner hands a scorer for one (model, hook point, SAE) cell.
 
-    ``activations()`` yields batches [n, d] of the cached activations at ``hookpoint`` for the
-    evaluation tokens, special positions (BOS/EOS/PAD) already removed, in a fixed order.
+    ``activations(batch_tokens)`` yields batches [≤ batch_tokens, d] (all full but the last) of the
+    cached activations at ``hookpoint`` for the evaluation tokens, special positions (BOS/EOS/PAD)
+    already removed, in a fixed order; each call starts again from the first token.
     ``tokens`` are the evaluation contexts [n_contexts, context_length] those activations came
-    from; ``adapter`` is the loaded model, for scorers that must run it (downstream loss).
+    from (may be empty for scorers that need only activations); ``adapter`` is the loaded model,
+    set only for scorers with ``needs_model`` (downstream loss).
     """
 
     hookpoint: str

@@ -18,7 +18,7 @@ import torch
 from pydantic import ValidationError
 
 from saebench import plugin_manager
-from saebench.errors import CheckpointError, ConfigError, PluginError
+from saebench.errors import CheckpointError, ConfigError, PluginError, validation_error
 from saebench.sae import DTYPES, SAE, SAEConfig
 
 NATIVE_FORMAT_VERSION = 1
@@ -60,18 +60,9 @@ def make_config(data: Mapping[str, Any], where: str | Path) -> SAEConfig:
     try:
         return SAEConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(pydantic_message(exc), where) from None
+        raise validation_error(exc, where) from None
     except TypeError as exc:
         raise ConfigError(str(exc), where) from None
-
-
-def pydantic_message(exc: ValidationError) -> str:
-    """The first validation problem as ``key.path: message`` (one line)."""
-    errs = exc.errors()
-    first = errs[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
-    more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
-    return f"{loc}: {first['msg']}{more}"
 
 
 def load_sae(
@@ -215,8 +206,9 @@ def build_checkpoint(
         weights[ours] = value
     try:
         return build_sae(arch, weights, where=str(where), **config)
-    except (ConfigError, PluginError) as exc:
-        raise CheckpointError(exc.problem, cfg_where or where) from None
+    except (ConfigError, PluginError) as exc:  # a config value: name the config file (and the key)
+        key = exc.where.split(": ", 1)[1] if exc.where and ": " in exc.where else None
+        raise CheckpointError(exc.problem, f"{cfg_where or where}: {key}" if key else (cfg_where or where)) from None
     except CheckpointError as exc:
         if exc.where is None:  # raised by an architecture's validate_config, which knows no file
             raise CheckpointError(exc.problem, cfg_where or where) from None

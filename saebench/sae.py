@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 from torch import Tensor, nn
 
-from saebench.errors import CheckpointError, ShapeError
+from saebench.errors import CheckpointError, ConfigError, ShapeError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -233,6 +233,11 @@ class SAE(nn.Module):
         if self._needs_grad(x):
             return self.decode(self.encode_reference(self._check_input(x)))
         return self.decode_sparse(*self.encode_sparse(x))
+
+    # -- training (saebench.training) ---------------------------------------------------------
+    def training_forward(self, x: Tensor, state: Any) -> Any:
+        """One training step's forward on normalised inputs x [batch, d_in]: a ``saebench.training.TrainingOutput``."""
+        raise ConfigError(f"architecture {self.arch!r} cannot be trained by saebench")
 
     def extra_repr(self) -> str:
         k = f", k={self.cfg.k}" if self.cfg.k else ""

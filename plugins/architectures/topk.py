@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 import saebench
 from saebench.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from saebench.training import TrainingOutput, TrainState
+
+
+def auxk_loss(residual: Tensor, x: Tensor, aux_values: Tensor, aux_indices: Tensor, W_dec: Tensor) -> Tensor:
+    """Gao et al.'s AuxK term (before its coefficient), in the units of the trainer's ``mse``.
+
+    ê = Σ_j ReLU(aux_values_j)·W_dec[aux_indices_j] (no b_dec) tries to reconstruct the residual
+    e = x − x̂ (detached). OpenAI normalises it as Σ‖e − ê‖² / Σ‖e − ē‖², next to a main loss
+    normalised the same way; multiplying by Σ‖x − x̄‖²/tokens puts it in the units of our mse term, so
+    the weight α = 1/32 balances the two as in OpenAI's training code.
+    """
+    e_hat = F.embedding_bag(aux_indices, W_dec, per_sample_weights=aux_values.relu(), mode="sum")
+    fvu = (e_hat - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-30)
+    return fvu * ((x - x.mean(0)).pow(2).sum() / x.shape[0]).detach()
 
 
 class TopKSAE(saebench.SAE):
@@ -25,6 +44,62 @@ class TopKSAE(saebench.SAE):
     def activation(self, h: Tensor) -> Tensor:
         values, indices = h.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(h).scatter(-1, indices, values.relu())
+
+    def training_forward(self, x: Tensor, state: "TrainState") -> "TrainingOutput":
+        """MSE + aux_coefficient·AuxK. Sparse throughout: the kernel's GEMM picks the latents (no grad),
+        :class:`~saebench.training.GatherPreacts` gives their values gradients, and decoding is an embedding_bag."""
+        from saebench.training import GatherPreacts, TrainingOutput, mse
+
+        cfg = state.cfg
+        dead = state.dead.nonzero().squeeze(1) if state.dead is not None and cfg.aux_coefficient > 0 else None
+        aux_k = min(cfg.aux_k_for(self.cfg.d_in), len(dead)) if dead is not None else 0
+        with torch.no_grad():
+            values, indices, aux_values, aux_indices = self._select(x, dead if aux_k else None, aux_k)
+        x_in = self.prepare_input(x)
+        values = GatherPreacts.apply(x_in, self.W_enc, self.b_enc, indices, values).relu()
+        x_hat = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
+        losses = {"mse": mse(x_hat, x)}
+        if aux_k:  # AuxK trains the dead latents' encoder columns and decoder rows, not b_dec
+            aux_values = GatherPreacts.apply(x_in.detach(), self.W_enc, self.b_enc, aux_indices, aux_values)
+            aux = auxk_loss((x - x_hat).detach(), x, aux_values, aux_indices, self.W_dec)
+            losses["auxk"] = cfg.aux_coefficient * aux
+        else:
+            losses["auxk"] = x_hat.new_zeros(())
+        active = values.detach() > 0
+        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
+        fired[indices[active]] = True
+        return TrainingOutput(x_hat, losses, l0=active.sum(-1).float().mean(), fired=fired)
+
+    def _select(self, x: Tensor, dead: Tensor | None, aux_k: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Pre-activations and indices of each token's top k latents and, if ``dead`` is given, of its
+        top ``aux_k`` dead latents: one pass of the kernel's chunked GEMM, no dense [tokens, d_sae] tensor."""
+        from saebench import kernel
+
+        plan = kernel.plan_for(self)
+        k, n = self.cfg.k, x.shape[0]
+        local = [] if dead is None else [dead[(dead >= b.lo) & (dead < b.hi)] - b.lo for b in plan.blocks]
+        out: list[tuple[Tensor, ...]] = []
+        for s in range(0, n, plan.chunk):
+            xs = x[s : s + plan.chunk]
+            cand_v, cand_i, dead_v = [], [], []
+            for j, b in enumerate(plan.blocks):
+                g = plan.linear(xs, b)
+                v, i = g.topk(min(k, b.hi - b.lo), dim=1, sorted=False)
+                cand_v.append(v)
+                cand_i.append(i + b.lo)
+                if dead is not None:
+                    dead_v.append(g[:, local[j]])
+            v, i = cand_v[0], cand_i[0]
+            if len(cand_v) > 1:
+                v, pos = torch.cat(cand_v, 1).topk(k, dim=1, sorted=False)
+                i = torch.cat(cand_i, 1).gather(1, pos)
+            if dead is None:
+                out.append((v, i))
+            else:
+                av, pos = torch.cat(dead_v, 1).topk(aux_k, dim=1, sorted=False)
+                out.append((v, i, av, dead[pos]))
+        cols = [torch.cat(c) for c in zip(*out)]
+        return (*cols, None, None) if dead is None else tuple(cols)
 
 
 @saebench.hookimpl

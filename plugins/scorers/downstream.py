@@ -1,0 +1,160 @@
+"""Downstream scorer: the model's next-token loss with the SAE's reconstruction spliced in.
+
+For the first ceil(tokens / T) evaluation contexts [n, T], three forward passes of the model:
+clean; with the activations at the hook point replaced by the SAE's reconstruction at every
+non-special position (BOS/EOS/PAD keep their original activation: Gemma's BOS activations are
+huge outliers no SAE is trained on); and with the hook point zero-ablated at every position
+(special ones included, as SAEBench does). Losses are counted where position t predicts token
+t+1 and neither t nor t+1 is special. With p the softmax of the logits (computed in float32, a
+chunk of rows at a time, and summed in float64: float64 log-softmax over a 262k vocabulary cost
+more than the model's three forward passes):
+
+- ``ce_clean``, ``ce_sae``, ``ce_zero``: mean over counted positions of −log p(token t+1)
+- ``kl_sae``, ``kl_zero``: mean over counted positions of Σ_v p_clean (log p_clean − log p_new)
+- ``ce_loss_score`` = (ce_zero − ce_sae) / (ce_zero − ce_clean)  (1: the SAE loses nothing)
+- ``delta_lm_loss`` = ce_sae − ce_clean
+- ``kl_score`` = (kl_zero − kl_sae) / kl_zero
+- ``tokens``: the number of counted positions.
+
+A score whose denominator is 0 (or a loss that is not finite) is None.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+import saebench
+from saebench.errors import ConfigError, ShapeError
+from saebench.metrics import Option, parse_options, ratio
+
+ROWS_PER_CHUNK = 256  # rows of [*, vocab] log-probabilities held at once
+
+
+class DownstreamScorer(saebench.Scorer):
+    """CE loss score, delta LM loss and KL score with the SAE spliced into the model."""
+
+    name = "downstream"
+    family = "intrinsic"
+    needs_model = True
+
+    OPTIONS = (
+        Option("tokens", int, 4096, minimum=1, help="evaluation tokens: the first ceil(tokens / context_length) contexts"),
+        Option("batch_contexts", int, 8, minimum=1, help="contexts per forward pass"),
+    )
+
+    def __init__(self, **options):
+        opts = parse_options(f"scorer {self.name}", options, self.OPTIONS)
+        self.tokens: int = opts["tokens"]
+        self.batch_contexts: int = opts["batch_contexts"]
+
+    @torch.no_grad()
+    def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
+        adapter = inputs.adapter
+        if adapter is None:
+            raise ConfigError(
+                "downstream needs a model (inputs.adapter is None): list the model in the matrix", f"scorer {self.name}"
+            )
+        tokens = inputs.tokens
+        if tokens.ndim != 2:
+            raise ShapeError(f"downstream expects tokens [contexts, context_length], got {list(tokens.shape)}")
+        n_ctx, T = tokens.shape
+        use = min(n_ctx, math.ceil(self.tokens / T)) if T > 0 else 0
+        tokens = tokens[:use]
+        hp = inputs.hookpoint
+
+        sums = dict(ce_clean=0.0, ce_sae=0.0, ce_zero=0.0, kl_sae=0.0, kl_zero=0.0)
+        counted_total = 0
+        replaced_total = 0
+        for start in range(0, use, self.batch_contexts):
+            tok = tokens[start : start + self.batch_contexts]
+            keep = ~adapter.special_mask(tok).to(device="cpu", dtype=torch.bool)
+            if keep.shape != tok.shape:
+                raise ShapeError(f"special_mask gave {list(keep.shape)} for tokens {list(tok.shape)}")
+            counted = keep[:, :-1] & keep[:, 1:]  # predicting t+1 from t, neither special
+            targets = tok[:, 1:][counted].to(torch.int64)
+            replaced_total += int(keep.sum())
+            if targets.numel() == 0:
+                continue
+            counted_total += targets.numel()
+
+            clean = _rows(adapter.logits(tok), counted)
+            sums["ce_clean"] += _cross_entropy_sum(clean, targets)
+            for key, fn in (("sae", _splice(sae, keep)), ("zero", torch.zeros_like)):
+                new = _rows(adapter.logits(tok, replace={hp: fn}), counted)
+                ce, kl = _ce_kl_sums(clean, new, targets)
+                sums[f"ce_{key}"] += ce
+                sums[f"kl_{key}"] += kl
+                del new
+
+        raw = {k: _finite_or_none(v / counted_total) if counted_total else None for k, v in sums.items()}
+        ce_clean, ce_sae, ce_zero, kl_sae, kl_zero = (raw[k] for k in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero"))
+        ce_ok, kl_ok = None not in (ce_clean, ce_sae, ce_zero), None not in (kl_sae, kl_zero)
+        metrics: dict[str, float | None] = {
+            "ce_loss_score": ratio(ce_zero - ce_sae, ce_zero - ce_clean) if ce_ok else None,
+            "delta_lm_loss": ce_sae - ce_clean if None not in (ce_clean, ce_sae) else None,
+            "kl_score": ratio(kl_zero - kl_sae, kl_zero) if kl_ok else None,
+            **raw,
+            "tokens": counted_total,
+        }
+        details = {
+            "contexts": use,
+            "context_length": T,
+            "replaced_positions": replaced_total,
+            "zero_ablation": "all positions, special ones included",
+        }
+        return saebench.ScoreResult(metrics=metrics, details=details)
+
+
+def _splice(sae: saebench.SAE, keep: Tensor) -> Callable[[Tensor], Tensor]:
+    """Replacement for the hook point's output [b, T, d]: the SAE's reconstruction where ``keep``."""
+
+    def replace(out: Tensor) -> Tensor:
+        if out.shape[:2] != keep.shape:
+            raise ShapeError(f"hook point output {list(out.shape)} does not match tokens {list(keep.shape)}")
+        mask = keep.to(out.device)
+        new = out.clone()
+        x = out[mask]
+        if x.shape[0]:
+            values, indices = sae.encode_sparse(x.to(torch.float32))
+            new[mask] = sae.decode_sparse(values, indices).to(device=out.device, dtype=out.dtype)
+        return new
+
+    return replace
+
+
+def _rows(logits: Tensor, counted: Tensor) -> Tensor:
+    """The logits [m, vocab] at the counted positions (t < T−1 where t and t+1 are not special)."""
+    return logits[:, :-1][counted.to(logits.device)].to("cpu")
+
+
+def _cross_entropy_sum(logits: Tensor, targets: Tensor) -> float:
+    total = 0.0
+    for i in range(0, logits.shape[0], ROWS_PER_CHUNK):
+        lp = torch.log_softmax(logits[i : i + ROWS_PER_CHUNK].float(), dim=-1)
+        total -= float(lp.gather(1, targets[i : i + ROWS_PER_CHUNK, None]).sum(dtype=torch.float64))
+    return total
+
+
+def _ce_kl_sums(clean: Tensor, new: Tensor, targets: Tensor) -> tuple[float, float]:
+    """(Σ −log p_new(target), Σ KL(p_clean ‖ p_new)) over the rows, a chunk of rows at a time."""
+    ce = kl = 0.0
+    for i in range(0, clean.shape[0], ROWS_PER_CHUNK):
+        lp_c = torch.log_softmax(clean[i : i + ROWS_PER_CHUNK].float(), dim=-1)
+        lp_n = torch.log_softmax(new[i : i + ROWS_PER_CHUNK].float(), dim=-1)
+        ce -= float(lp_n.gather(1, targets[i : i + ROWS_PER_CHUNK, None]).sum(dtype=torch.float64))
+        p_c = lp_c.exp()
+        kl += float(torch.where(p_c > 0, p_c * (lp_c - lp_n), 0.0).sum(dtype=torch.float64))
+    return ce, kl
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+@saebench.hookimpl
+def register_scorers(register):
+    register(DownstreamScorer)

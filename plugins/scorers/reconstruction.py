@@ -1,0 +1,123 @@
+"""Reconstruction scorer: how well x̂ = sae(x) reproduces the activations x.
+
+Over the N evaluated tokens (special positions already removed), with d = d_in, x̄ the mean
+activation vector over those tokens and every sum accumulated in float64:
+
+- ``explained_variance`` = 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²  (the correct form; x̄ over all N tokens)
+- ``fvu`` = Σ‖x − x̂‖² / Σ‖x − x̄‖²  (fraction of variance unexplained, OpenAI's normalised MSE)
+- ``mse`` = Σ‖x − x̂‖² / (N·d): the mean over all N·d elements. SAELens's evals report
+  ``mse`` as the mean over tokens of ‖x − x̂‖² (summed over d, as its training loss is): that
+  is d times this value, and is in the details as ``sse_per_token``.
+- ``cosine`` = mean over tokens of x·x̂ / (‖x‖‖x̂‖), over the tokens where ‖x‖ > 0 and ‖x̂‖ > 0
+  (undefined elsewhere; how many were left out is ``cosine_undefined_tokens`` in the details).
+- ``l2_ratio`` = mean over tokens of ‖x̂‖ / ‖x‖, over the tokens where ‖x‖ > 0.
+- ``relative_reconstruction_bias`` = Σ‖x̂‖² / Σ x·x̂  (Gao et al. 2024's γ; 1 when unbiased,
+  below 1 when the SAE shrinks its outputs).
+- ``tokens`` = N.
+
+Σ‖x − x̄‖² is computed in one pass as Σ‖x − c‖² − N‖x̄ − c‖², with c the first batch's mean
+(a shift that keeps large common offsets from cancelling catastrophically).
+
+Details: ``saebench_0_6_explained_variance`` is what sae-bench 0.6.0's core eval reports as
+``explained_variance`` for these tokens evaluated as one batch (its default,
+n_eval_sparsity_variance_batches=1, or equal-sized batches):
+1 − E‖x − x̂‖² / (E‖x‖² − (E‖x‖²/d)²). Its denominator squares the mean of x² over dimensions
+instead of subtracting ‖E[x]‖², so it is not a variance; kept for comparison with its tables.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import saebench
+from saebench.metrics import Option, encoded_batches, parse_options, ratio
+
+
+class ReconstructionScorer(saebench.Scorer):
+    """Explained variance, FVU, MSE, cosine similarity, L2 ratio and relative reconstruction bias."""
+
+    name = "reconstruction"
+    family = "intrinsic"
+    needs_model = False
+
+    OPTIONS = (
+        Option("batch_tokens", int, 4096, minimum=1, help="tokens encoded per batch"),
+        Option("max_tokens", int, None, minimum=1, optional=True, help="evaluate at most this many tokens"),
+    )
+
+    def __init__(self, **options):
+        opts = parse_options(f"scorer {self.name}", options, self.OPTIONS)
+        self.batch_tokens: int = opts["batch_tokens"]
+        self.max_tokens: int | None = opts["max_tokens"]
+
+    @torch.no_grad()
+    def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
+        d = sae.cfg.d_in
+        n = 0
+        shift = None  # c: the first batch's mean
+        sum_dx = None  # Σ (x − c), [d]
+        sum_dx_sq = 0.0  # Σ ‖x − c‖²
+        sum_x_sq = 0.0  # Σ ‖x‖²
+        sse = 0.0  # Σ ‖x − x̂‖²
+        sum_xhat_sq = 0.0  # Σ ‖x̂‖²
+        sum_dot = 0.0  # Σ x·x̂
+        cos_sum, cos_n = 0.0, 0
+        ratio_sum, ratio_n = 0.0, 0
+        for x_in, values, indices in encoded_batches(sae, inputs, self.batch_tokens, self.max_tokens):
+            x_hat = sae.decode_sparse(values, indices).to(torch.float64)
+            x = x_in.to(device=x_hat.device, dtype=torch.float64)
+            if shift is None:
+                shift = x.mean(dim=0)
+                sum_dx = torch.zeros_like(shift)
+            dx = x - shift
+            sum_dx += dx.sum(dim=0)
+            sum_dx_sq += float(dx.square().sum())
+            x_norm_sq = x.square().sum(dim=1)
+            xhat_norm_sq = x_hat.square().sum(dim=1)
+            dot = (x * x_hat).sum(dim=1)
+            n += x.shape[0]
+            sum_x_sq += float(x_norm_sq.sum())
+            sse += float((x - x_hat).square().sum())
+            sum_xhat_sq += float(xhat_norm_sq.sum())
+            sum_dot += float(dot.sum())
+            x_norm, xhat_norm = x_norm_sq.sqrt(), xhat_norm_sq.sqrt()
+            ok = (x_norm > 0) & (xhat_norm > 0)
+            cos_sum += float((dot[ok] / (x_norm[ok] * xhat_norm[ok])).sum())
+            cos_n += int(ok.sum())
+            has_x = x_norm > 0
+            ratio_sum += float((xhat_norm[has_x] / x_norm[has_x]).sum())
+            ratio_n += int(has_x.sum())
+
+        names = ("explained_variance", "fvu", "mse", "cosine", "l2_ratio", "relative_reconstruction_bias")
+        if n == 0:
+            return saebench.ScoreResult(metrics={**{k: None for k in names}, "tokens": 0}, details={"d_in": d})
+
+        mean_dx = sum_dx / n
+        total_ss = max(sum_dx_sq - n * float(mean_dx.square().sum()), 0.0)  # Σ‖x − x̄‖²
+        fvu = ratio(sse, total_ss)
+        metrics = {
+            "explained_variance": None if fvu is None else 1.0 - fvu,
+            "fvu": fvu,
+            "mse": sse / (n * d),
+            "cosine": ratio(cos_sum, cos_n),
+            "l2_ratio": ratio(ratio_sum, ratio_n),
+            "relative_reconstruction_bias": ratio(sum_xhat_sq, sum_dot),
+            "tokens": n,
+        }
+        mean_sq_norm = sum_x_sq / n
+        sb06 = ratio(sse / n, mean_sq_norm - (mean_sq_norm / d) ** 2)
+        details = {
+            "d_in": d,
+            "sse_per_token": sse / n,
+            "total_variance_per_token": total_ss / n,
+            "mean_sq_norm": mean_sq_norm,
+            "cosine_undefined_tokens": n - cos_n,
+            "l2_ratio_undefined_tokens": n - ratio_n,
+            "saebench_0_6_explained_variance": None if sb06 is None else 1.0 - sb06,
+        }
+        return saebench.ScoreResult(metrics=metrics, details=details)
+
+
+@saebench.hookimpl
+def register_scorers(register):
+    register(ReconstructionScorer)

@@ -1,0 +1,123 @@
+"""Sparsity scorer: how many latents fire per token, and how often each latent fires.
+
+Definitions, over the evaluated tokens (special positions already removed by the runner):
+
+- ``l0``: mean over tokens of the number of active latents (value != 0; a TopK latent that the
+  ReLU zeroes is not active, nor is encode_sparse's padding).
+- ``dead_fraction``: fraction of latents active on no evaluated token.
+- ``dense_fraction``: fraction of latents active on more than 10% of the tokens (strictly);
+  ``dense_fraction_1pct``: on more than 1%.
+- ``tokens``: number of tokens evaluated.
+
+Details: ``frequency_histogram`` holds log10(feature density) of the latents that fire, in
+fixed bins of width 0.25 from the multiple of 0.25 at or below log10(1/tokens) up to 0 (the last
+bin includes density 1; numpy.histogram's convention otherwise: [a, b)); dead latents, whose
+log10 density is -inf, are counted separately (``dead``). ``firing_counts`` lists every latent's
+count when d_sae <= 16384 (about 100 kB of JSON) and is None above that, where
+``firing_count_quantiles`` and ``top_latents`` (the 20 most frequent, as [latent, count]) still
+summarise the distribution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+import saebench
+from saebench.metrics import Option, encoded_batches, parse_options
+
+#: above this many latents the full per-latent count list is left out of the details
+FULL_COUNTS_MAX_LATENTS = 16384
+HISTOGRAM_BIN_WIDTH = 0.25  # in log10 units; a power of two, so the edges are exact
+TOP_LATENTS = 20
+
+
+class SparsityScorer(saebench.Scorer):
+    """L0, dead and dense latent fractions, and the latent frequency histogram."""
+
+    name = "sparsity"
+    family = "intrinsic"
+    needs_model = False
+
+    OPTIONS = (
+        Option("batch_tokens", int, 4096, minimum=1, help="tokens encoded per batch"),
+        Option("max_tokens", int, None, minimum=1, optional=True, help="evaluate at most this many tokens"),
+    )
+
+    def __init__(self, **options):
+        opts = parse_options(f"scorer {self.name}", options, self.OPTIONS)
+        self.batch_tokens: int = opts["batch_tokens"]
+        self.max_tokens: int | None = opts["max_tokens"]
+
+    @torch.no_grad()
+    def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
+        d_sae = sae.cfg.d_sae
+        counts: torch.Tensor | None = None
+        n_tokens = 0
+        active_total = 0
+        for x, values, indices in encoded_batches(sae, inputs, self.batch_tokens, self.max_tokens):
+            active = values != 0
+            n_tokens += x.shape[0]
+            active_total += int(active.sum())
+            batch_counts = torch.bincount(indices[active].reshape(-1), minlength=d_sae)
+            counts = batch_counts if counts is None else counts + batch_counts
+
+        if n_tokens == 0 or counts is None:
+            metrics = {k: None for k in ("l0", "dead_fraction", "dense_fraction", "dense_fraction_1pct")}
+            return saebench.ScoreResult(metrics={**metrics, "tokens": 0}, details={"d_sae": d_sae})
+
+        c = counts.cpu().numpy().astype(np.int64)
+        # integer comparisons: count / n > 0.1  <=>  10 * count > n (no rounding at the boundary)
+        metrics = {
+            "l0": active_total / n_tokens,
+            "dead_fraction": float(np.mean(c == 0)),
+            "dense_fraction": float(np.mean(10 * c > n_tokens)),
+            "dense_fraction_1pct": float(np.mean(100 * c > n_tokens)),
+            "tokens": n_tokens,
+        }
+        details = {
+            "d_sae": d_sae,
+            "dead_latents": int(np.sum(c == 0)),
+            "dense_latents": int(np.sum(10 * c > n_tokens)),
+            "frequency_histogram": frequency_histogram(c, n_tokens),
+            "firing_count_quantiles": _quantiles(c),
+            "top_latents": _top_latents(c),
+            "firing_counts": c.tolist() if d_sae <= FULL_COUNTS_MAX_LATENTS else None,
+        }
+        return saebench.ScoreResult(metrics=metrics, details=details)
+
+
+def frequency_histogram(counts: np.ndarray, n_tokens: int) -> dict:
+    """Histogram of log10(count / n_tokens) over latents with count > 0; dead latents counted apart."""
+    w = HISTOGRAM_BIN_WIDTH
+    lowest = math.floor(math.log10(1.0 / n_tokens) / w)  # in bins; log10 of the smallest non-zero density
+    edges = np.arange(lowest, 1) * w  # integer multiples of 0.25: exact
+    if len(edges) < 2:  # n_tokens == 1: every live latent has density 1
+        edges = np.array([-w, 0.0])
+    alive = counts[counts > 0]
+    log_density = np.log10(alive / n_tokens)
+    hist, _ = np.histogram(log_density, bins=edges)
+    return {
+        "log10_density_edges": edges.tolist(),
+        "counts": hist.astype(int).tolist(),
+        "dead": int(np.sum(counts == 0)),
+        "alive": int(alive.size),
+        "tokens": n_tokens,
+    }
+
+
+def _quantiles(counts: np.ndarray) -> dict:
+    qs = {"min": 0.0, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}
+    return {name: float(np.quantile(counts, q)) for name, q in qs.items()} | {"mean": float(counts.mean())}
+
+
+def _top_latents(counts: np.ndarray) -> list[list[int]]:
+    order = np.argsort(-counts, kind="stable")[:TOP_LATENTS]
+    return [[int(i), int(counts[i])] for i in order if counts[i] > 0]
+
+
+@saebench.hookimpl
+def register_scorers(register):
+    register(SparsityScorer)

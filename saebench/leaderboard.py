@@ -1,0 +1,75 @@
+"""The leaderboard: one row per (model, hook point, SAE), one column per ``scorer.metric``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from saebench.errors import ConfigError
+from saebench.store import DB_NAME, ResultsStore
+
+ID_COLUMNS = ["model", "hookpoint", "sae"]
+
+
+def leaderboard_rows(output: str | Path) -> tuple[list[str], list[dict]]:
+    """(metric columns in first-seen order, rows) from a results folder."""
+    folder = Path(output)
+    if not (folder / DB_NAME).is_file():
+        raise ConfigError(f"no results store ({DB_NAME}) here; run 'saebench run' first", folder)
+    store = ResultsStore(folder, create=False)
+    try:
+        columns: list[str] = []
+        rows: dict[tuple[str, str, str], dict] = {}
+        for cell in store.cells():  # every SAE gets a row, even if all its cells failed
+            rows.setdefault((cell["model"], cell["hookpoint"], cell["sae"]), dict(zip(ID_COLUMNS, (cell["model"], cell["hookpoint"], cell["sae"]))))
+        for model, hookpoint, sae, scorer, metric, value in store.metrics():
+            column = f"{scorer}.{metric}"
+            if column not in columns:
+                columns.append(column)
+            rows[(model, hookpoint, sae)][column] = value
+    finally:
+        store.close()
+    return columns, list(rows.values())
+
+
+def render(output: str | Path, fmt: str = "csv", sort: str | None = None, descending: bool = False) -> str:
+    columns, rows = leaderboard_rows(output)
+    if sort is not None:
+        if sort not in columns and sort not in ID_COLUMNS:
+            raise ConfigError(f"unknown column {sort!r}; columns: {', '.join(ID_COLUMNS + columns)}", "--sort")
+        present = [r for r in rows if r.get(sort) is not None]
+        missing = [r for r in rows if r.get(sort) is None]  # empty cells go last either way
+        rows = sorted(present, key=lambda r: r[sort], reverse=descending) + missing
+    header = ID_COLUMNS + columns
+    if fmt == "json":
+        return json.dumps([{c: r.get(c) for c in header} for r in rows], indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        for r in rows:
+            writer.writerow(["" if r.get(c) is None else _csv(r[c]) for c in header])
+        return buf.getvalue().rstrip("\n")
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+        for r in rows:
+            lines.append("| " + " | ".join(_md(r.get(c)) for c in header) + " |")
+        return "\n".join(lines)
+    raise ConfigError(f"unknown format {fmt!r}; formats: csv, json, markdown", "--format")
+
+
+def _csv(value) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _md(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3g}"
+        return f"{value:.4f}".rstrip("0").rstrip(".") if not math.isinf(value) else str(value)
+    return str(value)

@@ -1,0 +1,168 @@
+"""The matrix file: models × hook points × SAEs × scorers, validated with errors that name the key.
+
+Every problem a user can put in the file (bad YAML, a wrong type, an unknown plugin name, an SAE
+bound to a model or hook point the matrix does not declare, a missing checkpoint) is raised as a
+ConfigError whose ``where`` is ``FILE: key.path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from saebench import plugin_manager
+from saebench.errors import ConfigError, PluginError, validation_error
+
+
+class DataSpec(BaseModel):
+    """Where the text comes from and how much of it: ``tokens`` evaluation tokens in contexts of ``context_length``."""
+
+    model_config = ConfigDict(extra="allow")  # the rest are the data source's own options
+
+    source: str = "python-stdlib"
+    tokens: PositiveInt = 20000
+    context_length: int = Field(128, ge=2)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    adapter: str = "hf-causal-lm"
+    path: str
+    hookpoints: list[str] = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="adapter options: device, dtype...")
+
+
+class SAESpec(BaseModel):
+    """An SAE to evaluate: a checkpoint (``path``, any loader format) or one to train (``train``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model: str
+    hookpoint: str
+    path: str | None = None
+    format: str = "auto"
+    allow_pickle: bool = False
+    train: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SAESpec":
+        if (self.path is None) == (self.train is None):
+            raise ValueError("give exactly one of 'path' (a checkpoint) or 'train' (a training config)")
+        return self
+
+
+class ScorerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Matrix(BaseModel):
+    """One evaluation: every SAE is scored by every scorer on its model's hook point."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    output: str
+    seed: int = 0
+    cache_dir: str | None = Field(None, description="activation cache; default OUTPUT/cache (share it across matrices)")
+    data: DataSpec = Field(default_factory=DataSpec)
+    models: list[ModelSpec] = Field(min_length=1)
+    saes: list[SAESpec] = Field(min_length=1)
+    scorers: list[ScorerSpec] = Field(default_factory=list, description="none: only train the SAEs")
+
+    @field_validator("scorers", mode="before")
+    @classmethod
+    def _short_scorers(cls, v: Any) -> Any:
+        return [{"name": s} if isinstance(s, str) else s for s in v] if isinstance(v, list) else v
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    """Parse and check a matrix file. Relative paths in it (output, checkpoints, globs) are relative
+    to the current working directory, as with any command-line tool."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("no such matrix file", path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"invalid YAML{at}: {getattr(exc, 'problem', None) or exc}", path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a text file", path) from None
+    return parse_matrix(raw, path)
+
+
+def parse_matrix(raw: Any, where: str | Path) -> Matrix:
+    """A checked Matrix from parsed YAML (or a dict built in code); ``where`` names it in errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(raw).__name__}", where)
+    try:
+        matrix = Matrix(**raw)
+    except ValidationError as exc:
+        raise validation_error(exc, where) from None
+    check_matrix(matrix, where)
+    return matrix
+
+
+def check_matrix(m: Matrix, path: str | Path) -> None:
+    """Cross-references and plugin names, checked before any work starts."""
+    registry = plugin_manager.get_registry()
+
+    def plugin(kind: str, name: str, where: str) -> None:
+        try:
+            registry.get(kind, name)
+        except PluginError as exc:
+            raise ConfigError(exc.problem, f"{path}: {where}") from None
+
+    def unique(items: list, what: str) -> None:
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.name in seen:
+                raise ConfigError(f"duplicate {what} name {item.name!r}", f"{path}: {what}s[{i}].name")
+            seen.add(item.name)
+
+    unique(m.models, "model")
+    unique(m.saes, "sae")
+    unique(m.scorers, "scorer")
+    plugin("data_source", m.data.source, "data.source")
+    models = {mod.name: mod for mod in m.models}
+    for i, mod in enumerate(m.models):
+        plugin("model_adapter", mod.adapter, f"models[{i}].adapter")
+    for i, s in enumerate(m.scorers):
+        plugin("scorer", s.name, f"scorers[{i}].name")
+    for i, sae in enumerate(m.saes):
+        where = f"saes[{i}]"
+        if sae.model not in models:
+            raise ConfigError(f"unknown model {sae.model!r}; models: {', '.join(models)}", f"{path}: {where}.model")
+        if sae.hookpoint not in models[sae.model].hookpoints:
+            raise ConfigError(
+                f"hook point {sae.hookpoint!r} is not among model {sae.model!r}'s hookpoints "
+                f"({', '.join(models[sae.model].hookpoints)})",
+                f"{path}: {where}.hookpoint",
+            )
+        if sae.path is not None:
+            if not Path(sae.path).exists():
+                raise ConfigError(f"no such checkpoint {sae.path!r}", f"{path}: {where}.path")
+            if sae.format != "auto":
+                plugin("loader", sae.format, f"{where}.format")
+        else:
+            arch = (sae.train or {}).get("arch")
+            if not isinstance(arch, str):
+                raise ConfigError("a train block needs 'arch'", f"{path}: {where}.train.arch")
+            plugin("architecture", arch, f"{where}.train.arch")
+            from saebench.training import TrainConfig
+
+            TrainConfig.from_mapping(sae.train, f"{path}: {where}.train")

@@ -1,0 +1,113 @@
+"""Helpers shared by the scorers: option checking and the stream of encoded activation batches.
+
+Scorers stream over ``inputs.activations(batch_tokens)`` and accumulate in float64, so their
+memory is bounded by one batch whatever the number of evaluation tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+from torch import Tensor
+
+from saebench.errors import ConfigError, ShapeError
+from saebench.interfaces import EvalInputs
+from saebench.sae import SAE
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword option of a plugin: its type, default, lower bound and whether None is allowed."""
+
+    name: str
+    type: type
+    default: Any
+    minimum: float | None = None
+    optional: bool = False  # None is a valid value (e.g. "no cap")
+    help: str = ""
+
+
+def parse_options(plugin: str, given: Mapping[str, Any], spec: Sequence[Option]) -> dict[str, Any]:
+    """Check ``given`` against ``spec``; the defaults filled in. Raises ConfigError naming the bad key.
+
+    Types are strict: a bool is not an int, an int is accepted where a float is expected.
+    """
+    known = {o.name: o for o in spec}
+    valid = ", ".join(known) or "none"
+    for name in given:
+        if name not in known:
+            raise ConfigError(f"unknown option {name!r}; valid options: {valid}", plugin)
+    out: dict[str, Any] = {}
+    for opt in spec:
+        value = given.get(opt.name, opt.default)
+        if value is None:
+            if not opt.optional:
+                raise ConfigError(f"option {opt.name!r} must be a {opt.type.__name__}, got None", plugin)
+            out[opt.name] = None
+            continue
+        ok = isinstance(value, opt.type) and not (isinstance(value, bool) and opt.type is not bool)
+        if opt.type is float and isinstance(value, int) and not isinstance(value, bool):
+            ok, value = True, float(value)
+        if not ok:
+            raise ConfigError(
+                f"option {opt.name!r} must be a {opt.type.__name__}, got {type(value).__name__} {value!r}", plugin
+            )
+        if opt.minimum is not None and value < opt.minimum:
+            raise ConfigError(f"option {opt.name!r} must be >= {opt.minimum:g}, got {value!r}", plugin)
+        out[opt.name] = value
+    return out
+
+
+def activation_batches(
+    sae: SAE, inputs: EvalInputs, batch_tokens: int, max_tokens: int | None = None
+) -> Iterator[Tensor]:
+    """The evaluation activations [n, d_in] in batches of (about) ``batch_tokens``, at most ``max_tokens`` in all.
+
+    Empty batches are skipped; a batch of the wrong width raises ShapeError naming the hook point.
+    """
+    seen = 0
+    it = inputs.activations(batch_tokens)
+    try:
+        for x in it:
+            if max_tokens is not None:
+                if seen >= max_tokens:
+                    break
+                x = x[: max_tokens - seen]
+            if x.ndim != 2 or x.shape[1] != sae.cfg.d_in:
+                raise ShapeError(
+                    f"activations at {inputs.hookpoint} have shape {list(x.shape)}, "
+                    f"the SAE expects [tokens, {sae.cfg.d_in}]"
+                )
+            if x.shape[0] == 0:
+                continue
+            seen += x.shape[0]
+            yield x
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+def encoded_batches(
+    sae: SAE, inputs: EvalInputs, batch_tokens: int, max_tokens: int | None = None
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """(x, values, indices) per batch: x [n, d_in] as given, and ``sae.encode_sparse(x)`` (the fast kernel).
+
+    Call under ``torch.no_grad()`` (the scorers' ``score`` is decorated with it) so the kernel runs.
+    """
+    for x in activation_batches(sae, inputs, batch_tokens, max_tokens):
+        values, indices = sae.encode_sparse(x)
+        yield x, values, indices
+
+
+def ratio(num: float, den: float) -> float | None:
+    """num / den, or None when the denominator is 0 (or either is not finite): never a made-up number."""
+    if den == 0 or not _finite(num) or not _finite(den):
+        return None
+    value = num / den
+    return value if _finite(value) else None
+
+
+def _finite(v: float) -> bool:
+    return v == v and v not in (float("inf"), float("-inf"))

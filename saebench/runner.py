@@ -1,0 +1,318 @@
+"""``saebench run``: plan the matrix, compute shared stages once, score each cell, store as it goes.
+
+Stages, each computed once and cached by a key of its inputs:
+  contexts → activations (one forward pass per model fills every hook point it needs; an eval
+  set and, after it, a disjoint training set) → trained SAEs → cells.
+A cell is (model, hook point, SAE, scorer); it is skipped when the store holds a finished row
+with the same configuration hash, so an interrupted run resumes where it stopped and a changed
+cell is recomputed alone. Everything the user can get wrong is checked before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import saebench
+from saebench import plugin_manager
+from saebench.activations import ActivationCache, build_caches, cache_key
+from saebench.errors import ConfigError, SaebenchError
+from saebench.interfaces import EvalInputs, ModelAdapter
+from saebench.loading import load_sae, save_sae
+from saebench.matrix import Matrix, ModelSpec, SAESpec, load_matrix
+from saebench.progress import Progress
+from saebench.store import CellKey, ResultsStore
+
+TRAINED_MARKER = "trained.json"
+
+
+@dataclass
+class Cell:
+    key: CellKey
+    sae: SAESpec
+    scorer_name: str
+    scorer: Any
+    config: dict[str, Any]
+    config_hash: str
+
+
+@dataclass
+class RunReport:
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[CellKey, str]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def fingerprint(path: str) -> str:
+    """Cheap identity of a model or checkpoint on disk (names, sizes, mtimes), or the string itself."""
+    p = Path(path)
+    if not p.exists():
+        return path  # a hub id or an embedded:NAME
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())
+    return _hash([(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files])
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    out = {"saebench": saebench.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+           "python": platform.python_version()}
+    for info in plugin_manager.get_registry().entries.values():
+        if info.source != "built-in":
+            out[info.source] = info.version
+    return out
+
+
+class Runner:
+    def __init__(self, matrix: Matrix, *, source: str = "matrix", progress: Progress | None = None):
+        self.m = matrix
+        self.source = source  # the matrix file, for error locations
+        self.output = Path(matrix.output)
+        self.cache_dir = Path(matrix.cache_dir) if matrix.cache_dir else self.output / "cache"
+        self.progress = progress or Progress()
+        self.models = {mod.name: mod for mod in matrix.models}
+        self.adapters: dict[str, ModelAdapter] = {}
+        self.contexts: dict[str, torch.Tensor] = {}
+        self.report = RunReport()
+
+    # -- planning -----------------------------------------------------------------------------
+    def n_eval_contexts(self) -> int:
+        return math.ceil(self.m.data.tokens / self.m.data.context_length)
+
+    def data_desc(self) -> dict[str, Any]:
+        return self.m.data.model_dump()
+
+    def model_desc(self, spec: ModelSpec) -> dict[str, Any]:
+        return {"adapter": spec.adapter, "path": spec.path, "options": spec.options, "fingerprint": fingerprint(spec.path)}
+
+    def eval_cache_folder(self, spec: ModelSpec, hookpoint: str) -> Path:
+        key = cache_key(part="eval", model=self.model_desc(spec), hookpoint=hookpoint, data=self.data_desc())
+        return self.cache_dir / f"{spec.name}-{hookpoint}-eval-{key}"
+
+    def train_tokens(self, sae: SAESpec) -> int:
+        return int(sae.train["tokens"])
+
+    def train_cache_folder(self, spec: ModelSpec, hookpoint: str, tokens: int) -> Path:
+        key = cache_key(part="train", model=self.model_desc(spec), hookpoint=hookpoint, data=self.data_desc(), tokens=tokens)
+        return self.cache_dir / f"{spec.name}-{hookpoint}-train-{key}"
+
+    def train_hash(self, sae: SAESpec) -> str:
+        return _hash({"model": self.model_desc(self.models[sae.model]), "hookpoint": sae.hookpoint,
+                      "data": self.data_desc(), "train": sae.train, "seed": self.m.seed})
+
+    def trained_folder(self, sae: SAESpec) -> Path:
+        return self.output / "saes" / sae.name
+
+    def sae_identity(self, sae: SAESpec) -> dict[str, Any]:
+        if sae.path is not None:
+            return {"path": sae.path, "format": sae.format, "fingerprint": fingerprint(sae.path)}
+        return {"train": sae.train, "train_hash": self.train_hash(sae)}
+
+    def plan(self) -> list[Cell]:
+        registry = plugin_manager.get_registry()
+        scorers = []
+        for i, spec in enumerate(self.m.scorers):
+            cls = registry.get("scorer", spec.name)
+            try:
+                scorers.append((spec, cls(**spec.options), registry.entries[("scorer", spec.name)].version))
+            except SaebenchError as exc:
+                raise ConfigError(exc.problem, f"{self.source}: scorers[{i}].options") from None
+            except TypeError as exc:
+                raise ConfigError(str(exc), f"{self.source}: scorers[{i}].options") from None
+        cells = []
+        for sae in self.m.saes:
+            for spec, scorer, version in scorers:
+                config = {"model": self.model_desc(self.models[sae.model]), "hookpoint": sae.hookpoint,
+                          "data": self.data_desc(), "sae": self.sae_identity(sae), "scorer": spec.model_dump(),
+                          "scorer_version": version, "seed": self.m.seed, "saebench": saebench.__version__}
+                key = CellKey(sae.model, sae.hookpoint, sae.name, spec.name)
+                cells.append(Cell(key, sae, spec.name, scorer, config, _hash(config)))
+        return cells
+
+    # -- stages ---------------------------------------------------------------------------------
+    def adapter(self, name: str) -> ModelAdapter:
+        if name not in self.adapters:
+            spec = self.models[name]
+            cls = plugin_manager.get("model_adapter", spec.adapter)
+            with self.progress.status(f"loading model {name} ({spec.path})"):
+                self.adapters[name] = cls(spec.path, **spec.options)
+            missing = [h for h in spec.hookpoints if h not in self.adapters[name].hookpoints()]
+            if missing:
+                raise ConfigError(f"model {name!r} has no hook point {missing[0]!r}", f"{self.source}: models")
+        return self.adapters[name]
+
+    def model_contexts(self, name: str, n_contexts: int) -> torch.Tensor:
+        """The first ``n_contexts`` contexts of the data stream for this model's tokenizer."""
+        have = self.contexts.get(name)
+        if have is None or have.shape[0] < n_contexts:
+            from saebench.data import make_contexts
+
+            source = plugin_manager.get("data_source", self.m.data.source)(**self.m.data.options)
+            T = self.m.data.context_length
+            with self.progress.status(f"tokenising {n_contexts * T:,} tokens for {name}"):
+                self.contexts[name] = make_contexts(self.adapter(name), source, T, n_contexts * T)
+        return self.contexts[name][:n_contexts]
+
+    def ensure_caches(self, pending: list[Cell]) -> None:
+        """Fill the missing eval and train caches, one forward pass per model and token set."""
+        for name, spec in self.models.items():
+            hooks = sorted({c.key.hookpoint for c in pending if c.key.model == name})
+            missing = [h for h in hooks if not ActivationCache.exists(self.eval_cache_folder(spec, h))]
+            n_eval = self.n_eval_contexts()
+            if missing:
+                folders = {h: self.eval_cache_folder(spec, h) for h in missing}
+                self._fill(name, self.model_contexts(name, n_eval), folders, "eval")
+            to_train = [s for s in self.m.saes if s.model == name and s.train is not None and not self._trained(s)]
+            wanted: dict[str, int] = {}
+            for s in to_train:
+                wanted[s.hookpoint] = max(wanted.get(s.hookpoint, 0), self.train_tokens(s))
+            by_tokens: dict[int, dict[str, Path]] = {}
+            for h, tokens in wanted.items():
+                folder = self.train_cache_folder(spec, h, tokens)
+                if not ActivationCache.exists(folder):
+                    by_tokens.setdefault(tokens, {})[h] = folder
+            for tokens, folders in by_tokens.items():
+                n_train = math.ceil(tokens / self.m.data.context_length)
+                contexts = self.model_contexts(name, n_eval + n_train)[n_eval:]
+                self._fill(name, contexts, folders, "train")
+
+    def _fill(self, name: str, contexts: torch.Tensor, folders: dict[str, Path], part: str) -> None:
+        adapter = self.adapter(name)
+        label = f"activations {name} {part} [{', '.join(folders)}]"
+        with self.progress.bar(label, total=int(contexts.numel()), unit="tok") as bar:
+            build_caches(adapter, contexts, folders, describe={"model": name, "part": part}, progress=bar.update)
+
+    def _trained(self, sae: SAESpec) -> bool:
+        marker = self.trained_folder(sae) / TRAINED_MARKER
+        return marker.is_file() and json.loads(marker.read_text()).get("hash") == self.train_hash(sae)
+
+    def train_all(self) -> None:
+        from saebench.training import TrainConfig, train_sae
+
+        for sae in self.m.saes:
+            if sae.train is None or self._trained(sae):
+                continue
+            spec = self.models[sae.model]
+            cfg = TrainConfig.from_mapping({"seed": self.m.seed, **sae.train}, f"{self.source}: saes")
+            cache = ActivationCache(self.train_cache_folder(spec, sae.hookpoint, self.train_tokens(sae)))
+            start = time.perf_counter()
+            with self.progress.bar(f"train {sae.name} ({cfg.arch}, d_sae {cfg.d_sae})", total=None, unit="step") as bar:
+                trained, stats = train_sae(
+                    cfg, lambda: cache.batches(cfg.batch_size), cache.d, hook_name=sae.hookpoint, model_name=spec.path,
+                    progress=bar.training,
+                )
+            folder = self.trained_folder(sae)
+            (folder / TRAINED_MARKER).unlink(missing_ok=True)
+            trained.cfg.metadata["training"] = json.loads(stats.model_dump_json())
+            save_sae(trained, folder)
+            (folder / TRAINED_MARKER).write_text(json.dumps({"hash": self.train_hash(sae), "seconds": time.perf_counter() - start}))
+
+    def load_cell_sae(self, sae: SAESpec):
+        if sae.path is not None:
+            return load_sae(sae.path, sae.format, allow_pickle=sae.allow_pickle)
+        return load_sae(self.trained_folder(sae), "native")
+
+    # -- the run --------------------------------------------------------------------------------
+    def run(self) -> RunReport:
+        t0 = time.perf_counter()
+        cells = self.plan()
+        store = ResultsStore(self.output)
+        try:
+            pending = [c for c in cells if store.finished_hash(c.key) != c.config_hash]
+            self.report.skipped = len(cells) - len(pending)
+            untrained = [s for s in self.m.saes if s.train is not None and not self._trained(s)]
+            if not pending and not untrained:
+                self.progress.note(f"all {len(cells)} cells are finished in {self.output}; nothing to do")
+                return self.report
+            self.check_dimensions(pending)
+            self.ensure_caches(pending)
+            self.report.timings["activations_s"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            self.train_all()
+            self.report.timings["training_s"] = time.perf_counter() - t1
+            run_id = store.start_run(self.m.model_dump(mode="json"), versions(), self.m.seed)
+            t2 = time.perf_counter()
+            with self.progress.bar("cells", total=len(pending), unit="cell") as bar:
+                for group in _by_sae(pending):
+                    self._score_group(store, run_id, group, bar)
+            self.report.timings["cells_s"] = time.perf_counter() - t2
+            self.report.timings["total_s"] = time.perf_counter() - t0
+            store.finish_run(run_id, "failed cells" if self.report.failed else "ok", self.report.timings)
+        finally:
+            store.close()
+        return self.report
+
+    def check_dimensions(self, pending: list[Cell]) -> None:
+        """Load each checkpoint once (a corrupt file stops the run here) and check its d_in against
+        its hook point's width, before any activations are computed."""
+        for sae_spec in {c.sae.name: c.sae for c in pending if c.sae.path is not None}.values():
+            sae = self.load_cell_sae(sae_spec)
+            folder = self.eval_cache_folder(self.models[sae_spec.model], sae_spec.hookpoint)
+            width = ActivationCache(folder).d if ActivationCache.exists(folder) else self.adapter(sae_spec.model).d_model(sae_spec.hookpoint)
+            if sae.cfg.d_in != width:
+                raise ConfigError(
+                    f"SAE {sae_spec.name!r} has d_in {sae.cfg.d_in} but {sae_spec.model} {sae_spec.hookpoint} has width {width}",
+                    f"{self.source}: saes",
+                )
+
+    def _score_group(self, store: ResultsStore, run_id: int, group: list[Cell], bar) -> None:
+        sae_spec = group[0].sae
+        spec = self.models[sae_spec.model]
+        cache = ActivationCache(self.eval_cache_folder(spec, sae_spec.hookpoint))
+        sae = self.load_cell_sae(sae_spec)
+        tokens = cache.tokens()
+        for cell in group:
+            start = time.perf_counter()
+            bar.set_description(f"cells: {cell.key.sae} × {cell.scorer_name}")
+            try:
+                adapter = self.adapter(cell.key.model) if getattr(cell.scorer, "needs_model", False) else None
+                inputs = EvalInputs(hookpoint=cell.key.hookpoint, activations=lambda bt, c=cache: c.batches(bt),
+                                    tokens=tokens, adapter=adapter, seed=self.m.seed)
+                result = cell.scorer.score(sae, inputs)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # one cell's failure is recorded; the others still run
+                error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
+                store.write_cell(cell.key, config_hash=cell.config_hash, config=cell.config, run_id=run_id,
+                                 seconds=time.perf_counter() - start, error=error)
+                self.report.failed.append((cell.key, error))
+                self.progress.note(f"cell {cell.key.sae} × {cell.scorer_name} failed: {error}")
+            else:
+                store.write_cell(cell.key, config_hash=cell.config_hash, config=cell.config, run_id=run_id,
+                                 seconds=time.perf_counter() - start, metrics=result.metrics, details=result.details)
+                self.report.done += 1
+            bar.update(1)
+
+
+def _by_sae(cells: list[Cell]) -> list[list[Cell]]:
+    groups: dict[str, list[Cell]] = {}
+    for c in cells:
+        groups.setdefault(c.sae.name, []).append(c)
+    return list(groups.values())
+
+
+def run_matrix(path: str | Path, *, quiet: bool = False) -> RunReport:
+    matrix = load_matrix(path)
+    runner = Runner(matrix, source=str(path), progress=Progress(enabled=not quiet))
+    report = runner.run()
+    if report.failed and not quiet:
+        print(f"{len(report.failed)} cell(s) failed; their errors are in {runner.output}/results.sqlite", file=sys.stderr)
+    return report

@@ -1,0 +1,153 @@
+"""The results store: one SQLite file per output folder, written one finished cell at a time.
+
+A cell is (model, hook point, SAE, scorer). Its row carries the hash of everything that
+determines its result; re-running a matrix skips cells whose hash matches a finished row and
+recomputes the rest. Each cell is written in one transaction, so a crash loses at most the cell
+being computed, never a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started REAL NOT NULL,
+    finished REAL,
+    status TEXT NOT NULL,
+    matrix TEXT NOT NULL,
+    versions TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    timings TEXT
+);
+CREATE TABLE IF NOT EXISTS cells (
+    model TEXT NOT NULL,
+    hookpoint TEXT NOT NULL,
+    sae TEXT NOT NULL,
+    scorer TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    error TEXT,
+    seconds REAL,
+    finished REAL NOT NULL,
+    run_id INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    details TEXT,
+    PRIMARY KEY (model, hookpoint, sae, scorer)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    model TEXT NOT NULL,
+    hookpoint TEXT NOT NULL,
+    sae TEXT NOT NULL,
+    scorer TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (model, hookpoint, sae, scorer, metric)
+);
+"""
+
+DB_NAME = "results.sqlite"
+
+
+@dataclass(frozen=True)
+class CellKey:
+    model: str
+    hookpoint: str
+    sae: str
+    scorer: str
+
+
+class ResultsStore:
+    """Thin wrapper over the SQLite file; every write is its own committed transaction."""
+
+    def __init__(self, folder: str | Path, *, create: bool = True):
+        self.path = Path(folder) / DB_NAME
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- runs -------------------------------------------------------------------------------
+    def start_run(self, matrix: dict[str, Any], versions: dict[str, str], seed: int) -> int:
+        cur = self.db.execute(
+            "INSERT INTO runs (started, status, matrix, versions, seed) VALUES (?, 'running', ?, ?, ?)",
+            (time.time(), json.dumps(matrix, sort_keys=True), json.dumps(versions, sort_keys=True), seed),
+        )
+        return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str, timings: dict[str, float]) -> None:
+        self.db.execute(
+            "UPDATE runs SET finished = ?, status = ?, timings = ? WHERE run_id = ?",
+            (time.time(), status, json.dumps(timings), run_id),
+        )
+
+    # -- cells ------------------------------------------------------------------------------
+    def finished_hash(self, key: CellKey) -> str | None:
+        row = self.db.execute(
+            "SELECT config_hash FROM cells WHERE model=? AND hookpoint=? AND sae=? AND scorer=? AND status='done'",
+            (key.model, key.hookpoint, key.sae, key.scorer),
+        ).fetchone()
+        return row[0] if row else None
+
+    def write_cell(
+        self,
+        key: CellKey,
+        *,
+        config_hash: str,
+        config: dict[str, Any],
+        run_id: int,
+        seconds: float,
+        metrics: dict[str, float | None] | None = None,
+        details: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Replace the cell's row and metrics atomically: done with metrics, or failed with an error."""
+        k = (key.model, key.hookpoint, key.sae, key.scorer)
+        with self._transaction():
+            self.db.execute("DELETE FROM metrics WHERE model=? AND hookpoint=? AND sae=? AND scorer=?", k)
+            self.db.execute(
+                "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*k, config_hash, "failed" if error else "done", error, seconds, time.time(), run_id,
+                 json.dumps(config, sort_keys=True), json.dumps(details or {}, default=str)),
+            )
+            for name, value in (metrics or {}).items():
+                value = None if value is None or value != value else float(value)  # NaN is "not computed"
+                self.db.execute("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)", (*k, name, value))
+
+    def cells(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT model, hookpoint, sae, scorer, status, error, seconds FROM cells ORDER BY rowid")
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def metrics(self) -> Iterator[tuple[str, str, str, str, str, float | None]]:
+        yield from self.db.execute(
+            "SELECT m.model, m.hookpoint, m.sae, m.scorer, m.metric, m.value FROM metrics m JOIN cells c "
+            "USING (model, hookpoint, sae, scorer) WHERE c.status = 'done' ORDER BY c.rowid, m.rowid"
+        )
+
+    def integrity_ok(self) -> bool:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    def _transaction(self):
+        db = self.db
+
+        class _Tx:
+            def __enter__(self):
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, exc, tb):
+                db.execute("ROLLBACK" if exc_type else "COMMIT")
+                return False
+
+        return _Tx()
