@@ -147,6 +147,15 @@ class Scorer(ABC):
     family: ClassVar[Literal["intrinsic", "interp", "probe"]] = "intrinsic"
     #: whether score() needs inputs.adapter (a loaded model); others run from cached activations only
     needs_model: ClassVar[bool] = False
+    #: the options this scorer takes (saebench.metrics.Option); each becomes an attribute
+    OPTIONS: ClassVar[tuple] = ()
+
+    def __init__(self, **options: Any):
+        from saebench.metrics import parse_options
+
+        self.options = parse_options(f"scorer {self.name}", options, self.OPTIONS)
+        for key, value in self.options.items():
+            setattr(self, key, value)
 
     @abstractmethod
     def score(self, sae: SAE, inputs: EvalInputs) -> ScoreResult:

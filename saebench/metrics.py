@@ -28,6 +28,13 @@ class Option:
     help: str = ""
 
 
+#: the options of every scorer that streams over the cached activations
+STREAM_OPTIONS = (
+    Option("batch_tokens", int, 4096, minimum=1, help="tokens encoded per batch"),
+    Option("max_tokens", int, None, minimum=1, optional=True, help="evaluate at most this many tokens"),
+)
+
+
 def parse_options(plugin: str, given: Mapping[str, Any], spec: Sequence[Option]) -> dict[str, Any]:
     """Check ``given`` against ``spec``; the defaults filled in. Raises ConfigError naming the bad key.
 

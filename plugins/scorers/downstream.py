@@ -29,7 +29,7 @@ from torch import Tensor
 
 import saebench
 from saebench.errors import ConfigError, ShapeError
-from saebench.metrics import Option, parse_options, ratio
+from saebench.metrics import Option, ratio
 
 ROWS_PER_CHUNK = 256  # rows of [*, vocab] log-probabilities held at once
 
@@ -45,11 +45,6 @@ class DownstreamScorer(saebench.Scorer):
         Option("tokens", int, 4096, minimum=1, help="evaluation tokens: the first ceil(tokens / context_length) contexts"),
         Option("batch_contexts", int, 8, minimum=1, help="contexts per forward pass"),
     )
-
-    def __init__(self, **options):
-        opts = parse_options(f"scorer {self.name}", options, self.OPTIONS)
-        self.tokens: int = opts["tokens"]
-        self.batch_contexts: int = opts["batch_contexts"]
 
     @torch.no_grad()
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:

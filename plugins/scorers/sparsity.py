@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import saebench
-from saebench.metrics import Option, encoded_batches, parse_options
+from saebench.metrics import STREAM_OPTIONS, encoded_batches
 
 #: above this many latents the full per-latent count list is left out of the details
 FULL_COUNTS_MAX_LATENTS = 16384
@@ -41,15 +41,7 @@ class SparsityScorer(saebench.Scorer):
     family = "intrinsic"
     needs_model = False
 
-    OPTIONS = (
-        Option("batch_tokens", int, 4096, minimum=1, help="tokens encoded per batch"),
-        Option("max_tokens", int, None, minimum=1, optional=True, help="evaluate at most this many tokens"),
-    )
-
-    def __init__(self, **options):
-        opts = parse_options(f"scorer {self.name}", options, self.OPTIONS)
-        self.batch_tokens: int = opts["batch_tokens"]
-        self.max_tokens: int | None = opts["max_tokens"]
+    OPTIONS = STREAM_OPTIONS
 
     @torch.no_grad()
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
