@@ -15,6 +15,7 @@ and :meth:`_finish_sparse`. Leaving them alone is always correct.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
@@ -225,7 +226,8 @@ class SAE(nn.Module):
         if values.shape != indices.shape:
             raise ShapeError(f"values {list(values.shape)} and indices {list(indices.shape)} differ in shape")
         lead = values.shape[:-1]
-        flat = kernel.decode_sparse(self, values.reshape(-1, values.shape[-1]), indices.reshape(-1, indices.shape[-1]))
+        n, k = math.prod(lead), values.shape[-1]  # explicit sizes: K may be 0 (no latent active anywhere)
+        flat = kernel.decode_sparse(self, values.reshape(n, k), indices.reshape(n, k))
         return flat.view(*lead, self.cfg.d_in)
 
     def forward(self, x: Tensor) -> Tensor:

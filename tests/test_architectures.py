@@ -90,6 +90,20 @@ def test_threshold_sparse_padding_is_value_zero_at_index_zero():
     assert (indices[~pad].view(-1) >= 0).all()
 
 
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_a_batch_with_no_active_latent(arch):
+    w = random_weights(D_IN, D_SAE, arch=arch)
+    w["b_enc"] = torch.full((D_SAE,), -1e3)  # nothing can fire
+    sae = saebench.build_sae(arch, w)
+    x = torch.randn(2, 5, D_IN)
+    values, indices = sae.encode_sparse(x)
+    assert values.shape == indices.shape == (2, 5, 0)
+    expected = w["b_dec"].expand(2, 5, D_IN)
+    torch.testing.assert_close(sae.decode_sparse(values, indices), expected)
+    torch.testing.assert_close(sae(x), expected)
+    assert (sae.encode(x) == 0).all()
+
+
 def test_k_max_keeps_the_largest_values():
     sae = saebench.build_sae("relu", random_weights(D_IN, D_SAE, arch="relu"))
     x = torch.randn(30, D_IN) * 2
