@@ -91,6 +91,7 @@ class Runner:
         self.models = {mod.name: mod for mod in matrix.models}
         self.adapters: dict[str, ModelAdapter] = {}
         self.contexts: dict[str, torch.Tensor] = {}
+        self.loaded: dict[str, Any] = {}  # checkpoints loaded by check_dimensions, handed to their cells
         self.report = RunReport()
 
     # -- planning -----------------------------------------------------------------------------
@@ -177,9 +178,6 @@ class Runner:
             hooks = sorted({c.key.hookpoint for c in pending if c.key.model == name})
             missing = [h for h in hooks if not ActivationCache.exists(self.eval_cache_folder(spec, h))]
             n_eval = self.n_eval_contexts()
-            if missing:
-                folders = {h: self.eval_cache_folder(spec, h) for h in missing}
-                self._fill(name, self.model_contexts(name, n_eval), folders, "eval")
             to_train = [s for s in self.m.saes if s.model == name and s.train is not None and not self._trained(s)]
             wanted: dict[str, int] = {}
             for s in to_train:
@@ -189,6 +187,12 @@ class Runner:
                 folder = self.train_cache_folder(spec, h, tokens)
                 if not ActivationCache.exists(folder):
                     by_tokens.setdefault(tokens, {})[h] = folder
+            if missing or by_tokens:  # tokenise the longest stream needed once; every set is a slice of it
+                longest = max(by_tokens, default=0)
+                self.model_contexts(name, n_eval + math.ceil(longest / self.m.data.context_length))
+            if missing:
+                folders = {h: self.eval_cache_folder(spec, h) for h in missing}
+                self._fill(name, self.model_contexts(name, n_eval), folders, "eval")
             for tokens, folders in by_tokens.items():
                 n_train = math.ceil(tokens / self.m.data.context_length)
                 contexts = self.model_contexts(name, n_eval + n_train)[n_eval:]
@@ -264,7 +268,7 @@ class Runner:
         """Load each checkpoint once (a corrupt file stops the run here) and check its d_in against
         its hook point's width, before any activations are computed."""
         for sae_spec in {c.sae.name: c.sae for c in pending if c.sae.path is not None}.values():
-            sae = self.load_cell_sae(sae_spec)
+            sae = self.loaded[sae_spec.name] = self.load_cell_sae(sae_spec)
             folder = self.eval_cache_folder(self.models[sae_spec.model], sae_spec.hookpoint)
             width = ActivationCache(folder).d if ActivationCache.exists(folder) else self.adapter(sae_spec.model).d_model(sae_spec.hookpoint)
             if sae.cfg.d_in != width:
@@ -277,7 +281,7 @@ class Runner:
         sae_spec = group[0].sae
         spec = self.models[sae_spec.model]
         cache = ActivationCache(self.eval_cache_folder(spec, sae_spec.hookpoint))
-        sae = self.load_cell_sae(sae_spec)
+        sae = self.loaded.pop(sae_spec.name, None) or self.load_cell_sae(sae_spec)  # checked ones are kept
         tokens = cache.tokens()
         for cell in group:
             start = time.perf_counter()
