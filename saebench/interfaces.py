@@ -46,6 +46,11 @@ class ModelAdapter(ABC):
         """Token ids of one document, without special tokens."""
 
     @abstractmethod
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """The text of each token of a sequence, such that their concatenation is the decoded sequence
+        (a leading space stays with its token). Used to show examples to explainers and judges."""
+
+    @abstractmethod
     def special_mask(self, tokens: Tensor) -> Tensor:
         """Bool [batch, seq]: True at BOS/EOS/PAD positions, which every statistic excludes."""
 
@@ -76,25 +81,53 @@ class DataSource(ABC):
         """The documents of this source, first to last."""
 
 
+class Example(BaseModel):
+    """One context window as explainers and scorers see it: token strings and one latent's activations."""
+
+    tokens: list[str] = Field(description="token strings; their concatenation is the window's text")
+    activations: list[float] = Field(description="the latent's activation at each token (all 0 for a negative)")
+    window: int = Field(description="index of the window in the evaluation set (for disjointness checks)")
+    kind: Literal["activating", "random", "hard"] = "activating"
+    quantile: int | None = Field(None, description="activation-quantile bin of an activating example, 0 = weakest")
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+    @property
+    def max_activation(self) -> float:
+        return max(self.activations, default=0.0)
+
+
 class LatentRecord(BaseModel):
-    """What an explainer and a scorer see of one latent: its activating and non-activating examples."""
+    """What an explainer and a scorer see of one latent.
+
+    ``train`` (shown to explainers) and ``test`` (for scorers) are disjoint sets of activating windows,
+    as are ``train_negatives`` and ``test_negatives`` (windows where the latent is 0 everywhere);
+    no window appears in two of the four lists.
+    """
 
     latent: int
-    train_examples: list[list[str]] = Field(default_factory=list, description="token windows shown to the explainer")
-    train_activations: list[list[float]] = Field(default_factory=list)
-    test_examples: list[list[str]] = Field(default_factory=list, description="disjoint from train, for scorers")
-    test_activations: list[list[float]] = Field(default_factory=list)
-    negative_examples: list[list[str]] = Field(default_factory=list)
+    n_activating: int = Field(description="activating windows in the evaluation set")
+    density: float = Field(description="fraction of evaluation tokens where the latent is non-zero")
+    max_activation: float
+    train: list[Example] = Field(default_factory=list)
+    test: list[Example] = Field(default_factory=list)
+    train_negatives: list[Example] = Field(default_factory=list)
+    test_negatives: list[Example] = Field(default_factory=list)
 
 
 class Explanation(BaseModel):
-    """An explainer's answer. ``text`` is None when the answer could not be parsed (never scored)."""
+    """An explainer's answer. ``text`` is None when there is no usable answer: it is never scored."""
 
     latent: int
+    explainer: str
     text: str | None
-    failure: str | None = None
+    failure: str | None = Field(None, description="why text is None (unparsable answer, LLM gave up...)")
+    parse_failures: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float | None = None
 
 
 class ScoreResult(BaseModel):
@@ -108,13 +141,31 @@ class ScoreResult(BaseModel):
 
 
 class Explainer(ABC):
-    """Turns a latent record into a natural-language explanation."""
+    """Turns a latent record into a natural-language explanation.
+
+    Constructed as ``Explainer(**options)`` (``OPTIONS`` parsed like a scorer's); the runner sets
+    ``llm`` to the configured client before the first call when ``needs_llm``.
+    """
 
     name: ClassVar[str] = ""
+    needs_llm: ClassVar[bool] = True
+    OPTIONS: ClassVar[tuple] = ()
+
+    def __init__(self, **options: Any):
+        from saebench.metrics import parse_options
+
+        self.options = parse_options(f"explainer {self.name}", options, self.OPTIONS)
+        for key, value in self.options.items():
+            setattr(self, key, value)
+        self.llm: LLMClient | None = None
 
     @abstractmethod
     async def explain(self, record: LatentRecord) -> Explanation:
-        """Explain one latent from its training examples."""
+        """Explain one latent from ``record.train`` (and ``record.train_negatives``), never from the test sets.
+
+        An answer that cannot be parsed is returned with ``text=None`` and a ``failure``; an LLM
+        that gives up after its retries raises :class:`saebench.llm.LLMError`.
+        """
 
 
 @dataclass
@@ -162,27 +213,57 @@ class Scorer(ABC):
         """Score ``sae``; metric names are short (``l0``), the runner prefixes the scorer's name."""
 
 
-class LLMRequest(BaseModel):
-    """One prompt with its own sampling parameters (never shared between requests)."""
+class LatentScore(BaseModel):
+    """One latent's result from an interpretability scorer (stored per latent as it arrives)."""
 
-    messages: list[dict[str, str]]
-    max_tokens: int = 256
-    temperature: float = 0.0
-    logprobs: bool = False
-
-
-class LLMResponse(BaseModel):
-    text: str
+    latent: int
+    metrics: dict[str, float | None] = Field(description="e.g. balanced_accuracy; None when not computable")
+    details: dict[str, Any] = Field(default_factory=dict, description="per-example predictions and the like")
+    parse_failures: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    logprobs: list[dict[str, float]] | None = None
+    cost_usd: float | None = None
 
 
-class LLMClient(ABC):
-    """Talks to one LLM endpoint (OpenAI-compatible, Anthropic, local transformers)."""
+@dataclass
+class InterpContext:
+    """What an interpretability scorer gets besides a record and its explanation.
 
-    name: ClassVar[str] = ""
+    ``llm`` is the scorer's configured client (None when ``needs_llm`` is False); ``adapter`` is the
+    loaded subject model when ``needs_model``; ``tokens`` are the evaluation contexts.
+    """
+
+    sae: SAE
+    hookpoint: str
+    llm: "LLMClient | None" = None
+    adapter: ModelAdapter | None = None
+    tokens: Tensor | None = None
+    seed: int = 0
+
+
+class InterpScorer(Scorer):
+    """Scores explanations one latent at a time; the runner aggregates and stores per latent.
+
+    ``score_latent`` is called only for explanations with a text. It may call ``ctx.llm``
+    concurrently (the client limits concurrency); an LLMError it lets through marks the latent
+    failed (retried on the next run), a parse failure it counts in ``LatentScore.parse_failures``.
+    """
+
+    family: ClassVar[Literal["intrinsic", "interp", "probe"]] = "interp"
+    needs_llm: ClassVar[bool] = True
 
     @abstractmethod
-    async def complete(self, request: LLMRequest) -> LLMResponse:
-        """One completion; raises on failure after the client's own retries."""
+    async def score_latent(self, record: LatentRecord, explanation: Explanation, ctx: InterpContext) -> LatentScore:
+        """Score one latent's explanation against ``record.test`` and ``record.test_negatives``."""
+
+    def aggregate(self, scores: Sequence[LatentScore]) -> dict[str, float | None]:
+        """Leaderboard metrics over the scored latents; by default the mean of each metric."""
+        from saebench.interp import mean_metrics
+
+        return mean_metrics(scores)
+
+    def score(self, sae: SAE, inputs: EvalInputs) -> ScoreResult:  # pragma: no cover - the runner drives interp scorers
+        raise TypeError(f"{self.name} is an interpretability scorer: the runner calls score_latent per latent")
+
+
+from saebench.llm import LLMClient, LLMError, LLMRequest, LLMResponse, TokenLogprob  # noqa: E402  (re-exported)

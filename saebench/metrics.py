@@ -118,3 +118,45 @@ def ratio(num: float, den: float) -> float | None:
 
 def _finite(v: float) -> bool:
     return v == v and v not in (float("inf"), float("-inf"))
+
+
+def roc_auc(labels: Sequence[int | bool], scores: Sequence[float]) -> float | None:
+    """Area under the ROC curve (the Mann–Whitney U statistic, ties counted as half).
+
+    None when one class is absent: an AUC over one class is undefined, not 0.5.
+    """
+    import numpy as np
+    from scipy.stats import rankdata
+
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape:
+        raise ShapeError(f"{y.size} labels but {s.size} scores", "roc_auc")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0 or not np.isfinite(s).all():
+        return None
+    ranks = rankdata(s)  # average ranks: ties contribute one half
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_metrics(labels: Sequence[int | bool], predictions: Sequence[int | bool]) -> dict[str, float | None]:
+    """Balanced accuracy, accuracy, precision, recall and F1 of 0/1 predictions against 0/1 labels.
+
+    Balanced accuracy is the mean of the recalls of the two classes present; a ratio whose
+    denominator is 0 (no positive prediction, no positive label) is None.
+    """
+    tp = sum(1 for y, p in zip(labels, predictions, strict=True) if y and p)
+    fp = sum(1 for y, p in zip(labels, predictions) if not y and p)
+    fn = sum(1 for y, p in zip(labels, predictions) if y and not p)
+    tn = sum(1 for y, p in zip(labels, predictions) if not y and not p)
+    recall, specificity = ratio(tp, tp + fn), ratio(tn, tn + fp)
+    present = [r for r in (recall, specificity) if r is not None]
+    precision = ratio(tp, tp + fp)
+    f1 = ratio(2 * tp, 2 * tp + fp + fn)
+    return {
+        "balanced_accuracy": sum(present) / len(present) if present else None,
+        "accuracy": ratio(tp + tn, tp + tn + fp + fn),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+    }

@@ -279,6 +279,21 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        # Decoding prefixes keeps SentencePiece's leading spaces and multi-token UTF-8 characters intact,
+        # which decoding tokens one by one does not.
+        ids = [int(i) for i in ids]
+        pieces, previous = [], ""
+        for n in range(1, len(ids) + 1):
+            text = self.tokenizer.decode(ids[:n], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if text.endswith("\ufffd") and n < len(ids):  # an incomplete UTF-8 character: the next token finishes it
+                pieces.append("")
+                continue
+            common = len(previous) if text.startswith(previous) else len(os.path.commonprefix([text, previous]))
+            pieces.append(text[common:])
+            previous = text
+        return pieces
+
     def special_mask(self, tokens: Tensor) -> Tensor:
         ids = [i for i in (self.bos_token_id, self.eos_token_id, self.pad_token_id) if i is not None]
         if not ids:
