@@ -97,7 +97,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from saebench.leaderboard import render
 
-    text = render(args.output, args.format, sort=args.sort, descending=args.descending)
+    text = render(args.output, args.format, sort=args.sort, descending=args.descending, latents=args.latents)
     if args.file:
         from pathlib import Path
 
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="csv", choices=["csv", "json", "markdown"])
     p.add_argument("--sort", help="column to sort by, e.g. reconstruction.explained_variance")
     p.add_argument("--descending", action="store_true", help="largest first")
+    p.add_argument("--latents", action="store_true",
+                   help="one row per explained latent: explanations and per-latent interpretability scores")
     p.add_argument("--output", dest="file", help="write to this file instead of stdout")
     p.set_defaults(func=_cmd_leaderboard)
 

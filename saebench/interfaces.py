@@ -45,10 +45,14 @@ class ModelAdapter(ABC):
     def tokenize(self, text: str) -> list[int]:
         """Token ids of one document, without special tokens."""
 
-    @abstractmethod
     def token_strings(self, ids: Sequence[int]) -> list[str]:
         """The text of each token of a sequence, such that their concatenation is the decoded sequence
-        (a leading space stays with its token). Used to show examples to explainers and judges."""
+        (a leading space stays with its token). Needed only by interpretability (examples shown to
+        explainers and judges), so adapters written before it still work for everything else."""
+        from saebench.errors import PluginError
+
+        raise PluginError("this adapter cannot show tokens as text (token_strings), which interpretability needs",
+                          type(self).name or type(self).__name__)
 
     @abstractmethod
     def special_mask(self, tokens: Tensor) -> Tensor:

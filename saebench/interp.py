@@ -35,3 +35,4 @@ def usage(items: Sequence) -> dict[str, float | None]:
     costs = [i.cost_usd for i in items]
     out["cost_usd"] = float(sum(costs)) if costs and all(c is not None for c in costs) else None
     return out
+

@@ -35,15 +35,47 @@ def leaderboard_rows(output: str | Path) -> tuple[list[str], list[dict]]:
     return columns, list(rows.values())
 
 
-def render(output: str | Path, fmt: str = "csv", sort: str | None = None, descending: bool = False) -> str:
-    columns, rows = leaderboard_rows(output)
+def latent_rows(output: str | Path) -> tuple[list[str], list[dict]]:
+    """One row per (model, hook point, SAE, latent): each explainer's explanation and each
+    interpretability scorer's per-latent metrics (``explain[llm]``, ``detection.balanced_accuracy``...)."""
+    folder = Path(output)
+    if not (folder / DB_NAME).is_file():
+        raise ConfigError(f"no results store ({DB_NAME}) here; run 'saebench run' first", folder)
+    store = ResultsStore(folder, create=False)
+    try:
+        stored = store.latent_rows()
+    finally:
+        store.close()
+    columns: list[str] = []
+    rows: dict[tuple, dict] = {}
+    for r in stored:
+        row = rows.setdefault((r["model"], r["hookpoint"], r["sae"], r["latent"]),
+                              {"model": r["model"], "hookpoint": r["hookpoint"], "sae": r["sae"], "latent": r["latent"]})
+        result = json.loads(r["result"]) if r["result"] else {}
+        if r["status"] == "failed":
+            values = {f"{r['scorer']}.error": r["error"]}
+        elif r["scorer"].startswith("explain["):
+            values = {r["scorer"]: result.get("text"), f"{r['scorer']}.failure": result.get("failure")}
+        else:
+            values = {f"{r['scorer']}.{k}": v for k, v in (result.get("metrics") or {}).items()}
+        for column, value in values.items():
+            if column not in columns:
+                columns.append(column)
+            row[column] = value
+    return columns, list(rows.values())
+
+
+def render(output: str | Path, fmt: str = "csv", sort: str | None = None, descending: bool = False,
+           latents: bool = False) -> str:
+    columns, rows = latent_rows(output) if latents else leaderboard_rows(output)
+    ids = ID_COLUMNS + ["latent"] if latents else ID_COLUMNS
     if sort is not None:
-        if sort not in columns and sort not in ID_COLUMNS:
-            raise ConfigError(f"unknown column {sort!r}; columns: {', '.join(ID_COLUMNS + columns)}", "--sort")
+        if sort not in columns and sort not in ids:
+            raise ConfigError(f"unknown column {sort!r}; columns: {', '.join(ids + columns)}", "--sort")
         present = [r for r in rows if r.get(sort) is not None]
         missing = [r for r in rows if r.get(sort) is None]  # empty cells go last either way
         rows = sorted(present, key=lambda r: r[sort], reverse=descending) + missing
-    header = ID_COLUMNS + columns
+    header = ids + columns
     if fmt == "json":
         return json.dumps([{c: r.get(c) for c in header} for r in rows], indent=2)
     if fmt == "csv":
@@ -68,6 +100,8 @@ def _csv(value) -> str:
 def _md(value) -> str:
     if value is None:
         return ""
+    if isinstance(value, str):
+        return " ".join(value.split()).replace("|", "\\|")
     if isinstance(value, float):
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
             return f"{value:.3g}"

@@ -65,7 +65,28 @@ class ScorerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
+    llm: str | None = Field(None, description="key of ``llms`` for scorers that call an LLM (default: see resolve_llm)")
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExplainerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    llm: str | None = Field(None, description="key of ``llms`` (default: see resolve_llm)")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LLMSpec(BaseModel):
+    """An LLM endpoint: ``client`` names the plugin, every other key is that client's option."""
+
+    model_config = ConfigDict(extra="allow")
+
+    client: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class Matrix(BaseModel):
@@ -81,11 +102,47 @@ class Matrix(BaseModel):
     models: list[ModelSpec] = Field(min_length=1)
     saes: list[SAESpec] = Field(min_length=1)
     scorers: list[ScorerSpec] = Field(default_factory=list, description="none: only train the SAEs")
+    llms: dict[str, LLMSpec] = Field(default_factory=dict, description="named LLM endpoints for explainers and judges")
+    explainers: list[ExplainerSpec] = Field(default_factory=list, description="default: [top-tokens] when an interp scorer is set")
+    interp: dict[str, Any] = Field(default_factory=dict, description="which latents and examples (saebench.records.RecordConfig)")
 
-    @field_validator("scorers", mode="before")
+    @field_validator("scorers", "explainers", mode="before")
     @classmethod
-    def _short_scorers(cls, v: Any) -> Any:
+    def _short_names(cls, v: Any) -> Any:
         return [{"name": s} if isinstance(s, str) else s for s in v] if isinstance(v, list) else v
+
+
+#: the component kinds that may name an LLM, and the ``llms`` key each uses when it names none
+DEFAULT_LLM = {"explainer": "explainer", "scorer": "judge"}
+
+
+def resolve_llm(m: Matrix, kind: str, given: str | None, where: str) -> str:
+    """The ``llms`` key a component uses: the one it names; else ``explainer`` (explainers) or ``judge``
+    (scorers) when defined; else the only one defined. ConfigError otherwise."""
+    if given is not None:
+        if given not in m.llms:
+            known = ", ".join(m.llms) or "none defined"
+            raise ConfigError(f"unknown llm {given!r}; llms: {known}", f"{where}.llm")
+        return given
+    if DEFAULT_LLM[kind] in m.llms:
+        return DEFAULT_LLM[kind]
+    if len(m.llms) == 1:
+        return next(iter(m.llms))
+    if not m.llms:
+        raise ConfigError("needs an LLM: add an 'llms:' section and name one with 'llm: NAME'", where)
+    raise ConfigError(f"needs an LLM: name one of {', '.join(m.llms)} with 'llm: NAME'", where)
+
+
+def interp_scorers(m: Matrix) -> list[ScorerSpec]:
+    registry = plugin_manager.get_registry()
+    return [s for s in m.scorers if getattr(registry.get("scorer", s.name), "family", "") == "interp"]
+
+
+def effective_explainers(m: Matrix) -> list[ExplainerSpec]:
+    """The explainers of the matrix; [top-tokens] when interpretability scorers are set and none is."""
+    if m.explainers or not interp_scorers(m):
+        return list(m.explainers)
+    return [ExplainerSpec(name="top-tokens")]
 
 
 def load_matrix(path: str | Path) -> Matrix:
@@ -166,3 +223,39 @@ def check_matrix(m: Matrix, path: str | Path) -> None:
             from saebench.training import TrainConfig
 
             TrainConfig.from_mapping(sae.train, f"{path}: {where}.train")
+    check_interp(m, path)
+
+
+def check_interp(m: Matrix, path: str | Path) -> None:
+    """LLM clients, explainers, interp scorers and the ``interp`` options: names, references, options."""
+    registry = plugin_manager.get_registry()
+    for key, spec in m.llms.items():
+        try:
+            registry.get("llm_client", spec.client)
+        except PluginError as exc:
+            raise ConfigError(exc.problem, f"{path}: llms.{key}.client") from None
+    for i, e in enumerate(m.explainers):
+        try:
+            cls = registry.get("explainer", e.name)
+        except PluginError as exc:
+            raise ConfigError(exc.problem, f"{path}: explainers[{i}].name") from None
+        if getattr(cls, "needs_llm", False):
+            resolve_llm(m, "explainer", e.llm, f"{path}: explainers[{i}]")
+    names = [e.name for e in m.explainers]
+    if len(set(names)) != len(names):
+        raise ConfigError("each explainer may appear once", f"{path}: explainers")
+    interp = {s.name for s in interp_scorers(m)}
+    for i, s in enumerate(m.scorers):
+        if s.name in interp and getattr(registry.get("scorer", s.name), "needs_llm", False):
+            resolve_llm(m, "scorer", s.llm, f"{path}: scorers[{i}]")
+        elif s.llm is not None:
+            raise ConfigError(f"scorer {s.name!r} does not use an LLM", f"{path}: scorers[{i}].llm")
+    if m.explainers and not interp:
+        raise ConfigError("explainers are set but no interpretability scorer uses them "
+                          "(add e.g. detection, fuzzing or embedding to scorers)", f"{path}: explainers")
+    from saebench.records import RecordConfig
+
+    try:
+        RecordConfig(**m.interp)
+    except ValidationError as exc:
+        raise validation_error(exc, f"{path}: interp") from None

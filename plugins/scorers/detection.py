@@ -1,0 +1,132 @@
+"""Detection scorer (delphi): can a judge tell, from the explanation alone, which examples activate?
+
+Samples: at most ``n_activating`` of ``record.test`` (label 1) and ``n_negatives`` of
+``record.test_negatives`` (label 0), each set spread over activation strength
+(``prompts.spread``), shown as plain text. They are shuffled together with a generator seeded
+from (ctx.seed, latent) and sent ``examples_per_prompt`` at a time. The judge answers a list of
+0/1, one per excerpt; an answer that is not exactly that (wrong length, not a list, other values)
+excludes that prompt's examples and counts one parse failure.
+
+Metrics over the parsed examples (``saebench.metrics.binary_metrics``): balanced_accuracy,
+accuracy, precision, recall, f1; ``auc`` ranks the examples by P("1") read from the top
+logprobs at each answer digit (``logprobs: true``), None without logprobs. Nothing parsed:
+every metric None. Details: one row per example (window, kind, quantile, label, prediction, p1)
+and the recall of each activation quantile.
+
+The fuzzing scorer reuses all of this with other samples and instructions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import asdict, dataclass
+
+import saebench
+from saebench.interfaces import Explanation, InterpContext, InterpScorer, LatentRecord, LatentScore
+from saebench.llm import LLMRequest
+from saebench.metrics import Option, binary_metrics, ratio, roc_auc
+from saebench.prompts import Usage, chat, find_int_list, numbered, parse_binary_list, prob_one, render, spread
+
+TOP_LOGPROBS = 5
+METRICS = ("balanced_accuracy", "accuracy", "precision", "recall", "f1", "auc")
+
+SYSTEM = (
+    "You check an explanation of a language-model feature, which fires on certain tokens. For each excerpt, "
+    "answer 1 if the feature as explained fires anywhere in it, else 0. Reply with only a list of 0/1 numbers, "
+    "one per excerpt, in order, e.g. [1, 0, 0]."
+)
+
+
+@dataclass
+class Sample:
+    """One excerpt as the judge sees it, and what is known about it."""
+
+    text: str
+    label: int
+    window: int
+    kind: str
+    quantile: int | None
+
+
+class DetectionScorer(InterpScorer):
+    """Detection: a judge says which examples, activating or not, match the explanation."""
+
+    name = "detection"
+    SYSTEM = SYSTEM
+    OPTIONS = (
+        Option("n_activating", int, 50, minimum=0, optional=True, help="activating test examples (None: all)"),
+        Option("n_negatives", int, 50, minimum=0, optional=True, help="non-activating test examples (None: all)"),
+        Option("examples_per_prompt", int, 5, minimum=1),
+        Option("logprobs", bool, False, help="ask for top logprobs and report auc from P('1')"),
+        Option("max_tokens", int, 64, minimum=1, help="longest answer per prompt"),
+    )
+
+    def samples(self, record: LatentRecord, rng: random.Random) -> list[Sample]:
+        positives = spread(record.test, self.n_activating)
+        negatives = spread(record.test_negatives, self.n_negatives)
+        return [Sample(render(e.tokens), label, e.window, e.kind, e.quantile)
+                for label, group in ((1, positives), (0, negatives)) for e in group]
+
+    def question(self, explanation: str, batch: list[Sample]) -> str:
+        return (f"Explanation: {explanation}\n\nExcerpts:\n{numbered([s.text for s in batch])}\n\n"
+                f"Answer with exactly {len(batch)} numbers.")
+
+    async def score_latent(self, record: LatentRecord, explanation: Explanation, ctx: InterpContext) -> LatentScore:
+        # a string seed hashes (seed, latent) pairs apart: seed 0/latent 1 differs from seed 1/latent 0
+        rng = random.Random(f"{self.name}:{ctx.seed}:{record.latent}")
+        samples = self.samples(record, rng)
+        rng.shuffle(samples)
+        k = self.examples_per_prompt
+        batches = [samples[i:i + k] for i in range(0, len(samples), k)]
+        usage = Usage()
+        answers = await asyncio.gather(*(self._judge(ctx, explanation.text or "", b, usage) for b in batches))
+        rows, failures = [], 0
+        for batch, answer in zip(batches, answers):
+            if answer is None:
+                failures += 1
+                continue
+            for sample, (prediction, p1) in zip(batch, answer):
+                # the shown text is left out: the window identifies it, and it would dominate the stored details
+                rows.append({**asdict(sample), "prediction": prediction, "p1": p1})
+                del rows[-1]["text"]
+        return LatentScore(latent=record.latent, metrics=judge_metrics(rows), parse_failures=failures,
+                           details={"examples": rows, "recall_by_quantile": recall_by_quantile(rows),
+                                    "prompts": len(batches)},
+                           **usage.fields())
+
+    async def _judge(self, ctx: InterpContext, explanation: str, batch: list[Sample], usage: Usage):
+        """[(prediction, p1)] per sample, or None when the answer is unparsable."""
+        request = LLMRequest(messages=chat(self.SYSTEM, self.question(explanation, batch)),
+                             max_tokens=self.max_tokens, temperature=0.0, seed=ctx.seed,
+                             top_logprobs=TOP_LOGPROBS if self.logprobs else 0)
+        response = usage.add(await ctx.llm.complete(request))
+        predictions = parse_binary_list(response.text, len(batch))
+        if predictions is None:
+            return None
+        p1s = prob_one(response, find_int_list(response.text)[1]) if self.logprobs else [None] * len(batch)
+        return list(zip(predictions, p1s))
+
+
+def judge_metrics(rows: list[dict]) -> dict[str, float | None]:
+    """binary_metrics over the parsed rows, and auc over the rows with a P("1"); all None if none parsed."""
+    if not rows:
+        return dict.fromkeys(METRICS)
+    metrics = binary_metrics([r["label"] for r in rows], [r["prediction"] for r in rows])
+    scored = [r for r in rows if r["p1"] is not None]
+    metrics["auc"] = roc_auc([r["label"] for r in scored], [r["p1"] for r in scored]) if scored else None
+    return metrics
+
+
+def recall_by_quantile(rows: list[dict]) -> dict[str, float | None]:
+    """Recall of the label-1 rows of each activation quantile (keys are quantile numbers as strings)."""
+    out: dict[str, float | None] = {}
+    for q in sorted({r["quantile"] for r in rows if r["label"] == 1 and r["quantile"] is not None}):
+        group = [r for r in rows if r["label"] == 1 and r["quantile"] == q]
+        out[str(q)] = ratio(sum(r["prediction"] for r in group), len(group))
+    return out
+
+
+@saebench.hookimpl
+def register_scorers(register):
+    register(DetectionScorer)

@@ -1,0 +1,98 @@
+"""Surprisal scorer: does reading the explanation first make a base LM less surprised by the examples?
+
+For each test example (``record.test``, label 1, and ``record.test_negatives``, label 0) the client's
+``continuation_logprobs`` gives the log-probability of each token of the example's text after two
+prompts (completion mode, no chat template):
+
+- with the explanation: ``prefix`` with ``{explanation}`` filled in, by default
+  ``"The following text is about: <explanation>\\n\\n"``
+- neutral: ``neutral_prefix``, by default ``"The following text is about: anything\\n\\n"``, the
+  same frame so that the difference measures the explanation, not the wording around it.
+
+An example's loss is the mean over its tokens of −log p; its score is loss(neutral) − loss(with
+the explanation), the nats per token the explanation saves. Metrics per latent:
+
+- ``auc``: ROC AUC of the scores, activating vs non-activating (a good explanation helps on the
+  activating examples more than on the others; 0.5 = chance)
+- ``loss_drop_activating``, ``loss_drop_negative``: the mean score of each class.
+
+Examples with an empty text (no token to score) are skipped and counted in ``details``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import saebench
+from saebench.errors import ConfigError
+from saebench.interfaces import Explanation, InterpContext, InterpScorer, LatentRecord, LatentScore
+from saebench.metrics import Option, roc_auc
+
+
+class SurprisalScorer(InterpScorer):
+    """Surprisal: how much the explanation lowers a base LM's loss on activating vs non-activating examples."""
+
+    name = "surprisal"
+    needs_llm = True
+
+    OPTIONS = (
+        Option("prefix", str, "The following text is about: {explanation}\n\n",
+               help="prompt before each example; must contain {explanation}"),
+        Option("neutral_prefix", str, "The following text is about: anything\n\n",
+               help="the baseline prompt, without the explanation"),
+    )
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        if "{explanation}" not in self.prefix:
+            raise ConfigError("option 'prefix' must contain {explanation}", f"scorer {self.name}")
+
+    def check_llm(self, client) -> None:
+        """Raise ConfigError unless ``client`` can score a continuation (the runner calls this up front)."""
+        if client is None:
+            raise ConfigError("surprisal needs an LLM client (a base LM that scores continuations)",
+                              f"scorer {self.name}")
+        if not getattr(client, "supports_continuation_logprobs", False):
+            raise ConfigError(f"llm client {client.name!r} cannot give the log-probabilities of a continuation; "
+                              "surprisal needs one that can (a local base model)", f"scorer {self.name}")
+
+    async def score_latent(self, record: LatentRecord, explanation: Explanation, ctx: InterpContext) -> LatentScore:
+        self.check_llm(ctx.llm)
+        # str.replace, not str.format: an explanation or prefix may contain other braces
+        with_prompt = self.prefix.replace("{explanation}", explanation.text or "")
+        examples = [(e, 1) for e in record.test] + [(e, 0) for e in record.test_negatives]
+        texts = [e.text for e, _ in examples]
+
+        async def loss(prompt: str, text: str) -> float | None:
+            if not text:
+                return None
+            lps = await ctx.llm.continuation_logprobs(prompt, text)
+            return -sum(lps) / len(lps) if lps else None
+
+        losses = await asyncio.gather(*(loss(p, t) for t in texts for p in (self.neutral_prefix, with_prompt)))
+        labels, drops, skipped = [], [], 0
+        rows = []
+        for i, (example, label) in enumerate(examples):
+            neutral, informed = losses[2 * i], losses[2 * i + 1]
+            if neutral is None or informed is None:
+                skipped += 1
+                continue
+            labels.append(label)
+            drops.append(neutral - informed)
+            rows.append({"window": example.window, "label": label, "loss_neutral": neutral, "loss_explained": informed})
+        metrics = {
+            "auc": roc_auc(labels, drops),
+            "loss_drop_activating": _mean([d for d, y in zip(drops, labels) if y]),
+            "loss_drop_negative": _mean([d for d, y in zip(drops, labels) if not y]),
+        }
+        return LatentScore(latent=record.latent, metrics=metrics, details={"examples": rows, "skipped": skipped})
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+@saebench.hookimpl
+def register_scorers(register):
+    register(SurprisalScorer)
