@@ -82,7 +82,7 @@ class InterpStage:
                 explanations, failed = await explain_all(explain_cell.scorer, rs.records, done,
                                                          self._store_one(explain_cell), lambda: bar.update(1))
             if explain_cell.key in pending:
-                metrics = explain_metrics(rs.records, len(rs.skipped), explanations, failed)
+                metrics = explain_metrics(rs, explanations, failed)
                 details = {"skipped": {str(k): v for k, v in rs.skipped.items()}, "failed": {str(k): v for k, v in failed.items()}}
                 self._finish(explain_cell, metrics, details, len(failed), time.perf_counter() - start)
             # The scorers of one explainer run together, so their LLM calls share the clients' concurrency.
@@ -175,12 +175,13 @@ async def score_all(scorer, records: Sequence[LatentRecord], explanations: dict[
     return out, failed
 
 
-def explain_metrics(records: Sequence[LatentRecord], skipped: int, explanations: dict[int, Explanation],
-                    failed: dict[int, str]) -> dict[str, float | None]:
+def explain_metrics(rs, explanations: dict[int, Explanation], failed: dict[int, str]) -> dict[str, float | None]:
     texts = [e.text for e in explanations.values() if e.text is not None]
     out: dict[str, float | None] = {
-        "latents": float(len(records)),
-        "skipped_latents": float(skipped),
+        "latents": float(len(rs.records)),
+        "skipped_latents": float(len(rs.skipped)),
+        "alive_latents": None if rs.n_alive is None else float(rs.n_alive),
+        "eligible_latents": None if rs.n_eligible is None else float(rs.n_eligible),
         "explained": float(len(texts)),
         "unexplained": float(sum(1 for e in explanations.values() if e.text is None)),
         "failed_latents": float(len(failed)),

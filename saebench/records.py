@@ -87,6 +87,8 @@ class RecordSet(BaseModel):
     n_windows: int
     n_tokens: int = Field(description="evaluation tokens (non-special positions)")
     passes: int = Field(description="passes over the cached activations")
+    n_alive: int | None = Field(None, description="latents active in at least one window (when a sample was drawn)")
+    n_eligible: int | None = Field(None, description="latents with at least min_activating windows (when a sample was drawn)")
     seconds: dict[str, float] = Field(default_factory=dict)
     config: RecordConfig
 
@@ -110,13 +112,14 @@ class RecordSet(BaseModel):
             raise SaebenchError(problem, path) from None
 
 
-def select_latents(d_sae: int, cfg: RecordConfig, firing_counts: Tensor | None = None) -> list[int] | int:
+def select_latents(d_sae: int, cfg: RecordConfig, window_counts: Tensor | None = None) -> list[int] | int:
     """The latents ``cfg.latents`` names: an explicit list (checked against ``d_sae``), every latent, or a sample.
 
-    A sample needs to know which latents are alive: given ``firing_counts`` [d_sae] it draws
-    min(N, alive) live latents with ``cfg.seed`` (all of them when fewer than N are alive; the
-    record set then simply has fewer records); without counts it returns the int N and
-    :func:`build_records` counts them in an extra pass.
+    A sample of N is drawn with ``cfg.seed`` among the latents that can be explained: those with at
+    least ``cfg.min_activating`` activating windows (``window_counts`` [d_sae]); asking for 100 gives
+    100 records whenever 100 latents qualify (all of them when fewer do). Without counts it returns
+    the int N and :func:`build_records` counts them in an extra pass. An explicit list or "all" keeps
+    every latent asked for and reports the ones with too few windows as skipped.
     """
     spec = cfg.latents
     if spec == "all":
@@ -125,11 +128,11 @@ def select_latents(d_sae: int, cfg: RecordConfig, firing_counts: Tensor | None =
         return _checked(spec, d_sae)
     if spec < 1:
         raise ConfigError(f"latents must be at least 1, got {spec}", "interp.latents")
-    if firing_counts is None:
+    if window_counts is None:
         return spec
-    alive = np.flatnonzero(torch.as_tensor(firing_counts).cpu().numpy() > 0)
+    eligible = np.flatnonzero(torch.as_tensor(window_counts).cpu().numpy() >= max(cfg.min_activating, 1))
     rng = np.random.default_rng(cfg.seed)
-    return sorted(int(i) for i in rng.choice(alive, size=min(spec, alive.size), replace=False))
+    return sorted(int(i) for i in rng.choice(eligible, size=min(spec, eligible.size), replace=False))
 
 
 def _checked(latents: Sequence[int], d_sae: int) -> list[int]:
@@ -161,6 +164,7 @@ class _Windows:
             raise ShapeError(f"special_mask is {list(special_mask.shape)} but tokens are {list(tokens.shape)}",
                              "special_mask")
         self.tokens = tokens.cpu()
+        self.special = special_mask.cpu().bool()
         n_ctx, self.length = tokens.shape
         self.size = max(1, min(size, self.length))
         self.per_ctx = math.ceil(self.length / self.size)
@@ -179,6 +183,10 @@ class _Windows:
     def ids(self, w: int) -> list[int]:
         start = (w % self.per_ctx) * self.size
         return self.tokens[w // self.per_ctx, start : start + self.size].tolist()
+
+    def special_at(self, w: int) -> list[bool]:
+        start = (w % self.per_ctx) * self.size
+        return self.special[w // self.per_ctx, start : start + self.size].tolist()
 
 
 def _groups(batches: Callable[[int], Iterator[Tensor]], win: _Windows,
@@ -220,11 +228,13 @@ def _active(sae, x: Tensor, lookup: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _count(sae, batches, win, progress) -> Tensor:
+    """Activating windows per latent (a window counts once however many of its tokens fire)."""
     counts = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
     everything = torch.arange(sae.cfg.d_sae)
-    for x, _, _ in _groups(batches, win, progress):
-        _, pos, _ = _active(sae, x, everything)
-        counts += torch.bincount(pos, minlength=sae.cfg.d_sae)
+    for x, w, _ in _groups(batches, win, progress):
+        rows, pos, _ = _active(sae, x, everything)
+        pairs = torch.unique(w[rows].long() * sae.cfg.d_sae + pos)  # one (window, latent) pair per window
+        counts += torch.bincount(pairs % sae.cfg.d_sae, minlength=sae.cfg.d_sae)
     return counts
 
 
@@ -402,14 +412,14 @@ def build_records(
     cfg: RecordConfig,
     progress: Callable[[int], None] | None = None,
     *,
-    firing_counts: Tensor | None = None,
+    window_counts: Tensor | None = None,
 ) -> RecordSet:
-    """Records of ``latents``: a list, "all", or an int N for N live latents sampled with ``cfg.seed``.
+    """Records of ``latents``: a list, "all", or an int N: N explainable latents sampled with ``cfg.seed``.
 
     ``batches(n)`` yields the cached activations [≤ n, d] of the non-special positions of ``tokens``
     [contexts, length] in context order; ``special_mask`` marks the others (BOS/EOS/PAD), which
-    have activation 0 and keep their token string. ``firing_counts`` [d_sae] (e.g. the sparsity
-    scorer's) spares the counting pass a sample needs. ``progress(n)`` gets every batch's token
+    have activation 0 and keep their token string. ``window_counts`` [d_sae] (activating windows
+    per latent) spares the counting pass a sample needs. ``progress(n)`` gets every batch's token
     count, over :func:`planned_passes` passes in all. Records come in the order of ``latents``.
     """
     clock = time.perf_counter()
@@ -424,12 +434,16 @@ def build_records(
     win = _Windows(tokens, special_mask, cfg.window)
     ineligible = np.flatnonzero(~win.eligible)
     passes = 0
+    n_alive = n_eligible = None
     with torch.no_grad():
-        if isinstance(latents, int) and firing_counts is None:
-            firing_counts = _count(sae, batches, win, progress)
+        if isinstance(latents, int) and window_counts is None:
+            window_counts = _count(sae, batches, win, progress)
             passes += 1
         spec = latents if isinstance(latents, (int, str)) else list(latents)
-        latents = select_latents(sae.cfg.d_sae, cfg.model_copy(update={"latents": spec}), firing_counts)
+        latents = select_latents(sae.cfg.d_sae, cfg.model_copy(update={"latents": spec}), window_counts)
+        if window_counts is not None:
+            n_alive = int((window_counts > 0).sum())
+            n_eligible = int((window_counts >= max(cfg.min_activating, 1)).sum())
         f = cfg.hard_negative_fraction
         # keep each neighbour's windows to several times the hard negatives wanted: the latent itself fires
         # in some of them (decoder neighbours often fire together)
@@ -475,6 +489,8 @@ def build_records(
                     if len(strings[w]) != len(ids):
                         raise ShapeError(f"token_strings gave {len(strings[w])} strings for {len(ids)} tokens",
                                          "token_strings")
+                    # BOS/EOS/PAD are not text: shown to a judge, "<bos>" is noise it may try to explain
+                    strings[w] = ["" if sp else t for t, sp in zip(strings[w], win.special_at(w))]
                 n = len(strings[w])
                 acts_w = values[row[(i, w)], :n].tolist() if kind == "activating" else [0.0] * n
                 return Example(tokens=strings[w], activations=acts_w, window=w, kind=kind, quantile=quantile)
@@ -491,4 +507,4 @@ def build_records(
                     test_negatives=[example(i, w, kind, None) for w, kind in test_neg]))
             lap("examples")
     return RecordSet(records=records, skipped=skipped, n_windows=win.n, n_tokens=win.n_rows, passes=passes,
-                     seconds=seconds, config=cfg)
+                     seconds=seconds, config=cfg, n_alive=n_alive, n_eligible=n_eligible)

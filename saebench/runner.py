@@ -167,7 +167,7 @@ class Runner:
             for i, spec, scorer in scorers:
                 if scorer.family == "interp":
                     continue
-                config = {**base, "scorer": spec.model_dump(), "scorer_version": version("scorer", spec.name)}
+                config = {**base, "scorer": spec.model_dump(exclude_none=True), "scorer_version": version("scorer", spec.name)}
                 key = CellKey(sae.model, sae.hookpoint, sae.name, spec.name)
                 cells.append(Cell(key, sae, spec.name, scorer, config, _hash(config), stage=scorer.family))
             if not interp:
@@ -190,7 +190,7 @@ class Runner:
                         except SaebenchError as exc:
                             raise ConfigError(exc.problem, f"{self.source}: scorers[{i}].llm") from None
                     label = f"{spec.name}[{espec.name}]" if len(explainers) > 1 else spec.name
-                    config = {**base, "scorer": spec.model_dump(), "scorer_version": version("scorer", spec.name),
+                    config = {**base, "scorer": spec.model_dump(exclude_none=True), "scorer_version": version("scorer", spec.name),
                               "llm": client.identity if client else None, "explanations": ecell.config_hash}
                     cells.append(Cell(CellKey(sae.model, sae.hookpoint, sae.name, label), sae, spec.name, scorer, config,
                                       _hash(config), stage="interp", explainer=espec.name, llm=client))

@@ -95,7 +95,9 @@ def test_planted_latent_ranking_bins_tokens_and_hard_negatives():
         assert e.max_activation == wmax[e.window]
         c, start = divmod(e.window, T // W)
         assert e.activations == list(dense[c, start * W : start * W + W, 0])
-        assert e.tokens == [f"<{i}>" for i in tokens[c, start * W : start * W + W].tolist()]
+        window_special = special[c, start * W : start * W + W].tolist()
+        assert e.tokens == ["" if sp else f"<{i}>"  # special positions are not shown as text
+                            for i, sp in zip(tokens[c, start * W : start * W + W].tolist(), window_special)]
         assert e.kind == "activating"
     # one example of each bin in each set, strongest first, disjoint
     assert sorted(e.quantile for e in rec.train) == [0, 1] and sorted(e.quantile for e in rec.test) == [0, 1]
@@ -140,18 +142,23 @@ def test_skipped_latents_keep_their_counts_and_dead_ones_count_zero():
     assert rs.n_windows == 16 and rs.n_tokens == N_CTX * T - N_CTX - 4
 
 
-def test_sampling_draws_from_live_latents_only():
+def test_sampling_draws_from_explainable_latents_only():
     sae, tokens, special, dense = planted()
-    alive = {i for i in range(6) if dense[:, :, i].any()}
+    windows = {i: int((dense[:, :, i] != 0).reshape(N_CTX, -1, W).any(-1).sum()) for i in range(6)}
+    alive = {i for i, n in windows.items() if n > 0}
     assert alive == {0, 1, 2, 3}
-    rs = run(sae, tokens, special, dense, cfg(latents=10, n_neighbours=0))
-    assert {r.latent for r in rs.records} | set(rs.skipped) == alive  # fewer alive than asked: all of them
+    c = cfg(latents=10, n_neighbours=0)
+    eligible = {i for i, n in windows.items() if n >= c.min_activating}
+    assert eligible and eligible != alive  # the planted latent 2 has too few windows
+    rs = run(sae, tokens, special, dense, c)
+    assert {r.latent for r in rs.records} == eligible and rs.skipped == {}  # fewer qualify than asked: all of them
+    assert (rs.n_alive, rs.n_eligible) == (len(alive), len(eligible))
     assert rs.passes == 2  # counting, scan
-    counts = torch.tensor([int((dense[:, :, i] != 0).sum()) for i in range(6)])
-    rs2 = run(sae, tokens, special, dense, cfg(latents=2, seed=3), firing_counts=counts)
-    picked = {r.latent for r in rs2.records} | set(rs2.skipped)
-    assert len(picked) == 2 and picked <= alive and rs2.passes == 1
-    assert picked == set(select_latents(6, cfg(latents=2, seed=3), counts))
+    counts = torch.tensor([windows[i] for i in range(6)])
+    rs2 = run(sae, tokens, special, dense, cfg(latents=1, seed=3), window_counts=counts)
+    picked = {r.latent for r in rs2.records}
+    assert len(picked) == 1 and picked <= eligible and rs2.passes == 1
+    assert sorted(picked) == select_latents(6, cfg(latents=1, seed=3), counts)
 
 
 def test_fewer_windows_than_wanted_are_split_in_proportion():
@@ -324,6 +331,6 @@ def test_tiny_llama_end_to_end(tiny_llama):
         for e in rec.train + rec.test + rec.test_negatives + rec.train_negatives:
             ctx, j = divmod(e.window, length // 16)
             window_ids = tokens[ctx, j * 16 : j * 16 + 16].tolist()
-            assert e.text == adapter.tokenizer.decode(window_ids, skip_special_tokens=False,
+            assert e.text == adapter.tokenizer.decode(window_ids, skip_special_tokens=True,
                                                       clean_up_tokenization_spaces=False)
             np.testing.assert_allclose(e.activations, full[ctx, j * 16 : j * 16 + 16, rec.latent], atol=1e-5)
