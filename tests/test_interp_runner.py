@@ -218,3 +218,35 @@ def test_bad_interp_configuration_is_reported_before_any_work(workdir, change, w
     assert where in str(info.value), str(info.value)
     db = workdir / "runs" / "interp" / "results.sqlite"
     assert not db.exists() or sqlite3.connect(db).execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 0
+
+
+def test_api_key_is_used_but_never_written(workdir, monkeypatch, capfd):
+    """A planted key reaches the server in the Authorization header and appears in no file the run writes."""
+    from saebench.fakellm import FakeLLMServer
+
+    key = "sk-planted-4f9c2e1b7a"
+    monkeypatch.setenv("SAEBENCH_TEST_KEY", key)
+    with FakeLLMServer(answer=lambda body: "value 3", api_key=key) as server:
+        edit(workdir, llms={"judge": {"client": "openai", "base_url": server.openai_url, "model": "fake",
+                                      "api_key_env": "SAEBENCH_TEST_KEY"}})
+        assert run(workdir).exit_code == 0
+        assert server.generation_requests() and all(key in r.headers.get("authorization", "")
+                                                    for r in server.generation_requests())
+    [row] = board(workdir)
+    assert float(row["value.value"]) == 3
+    files = [p for p in (workdir / "runs").rglob("*") if p.is_file()]
+    assert any(p.name == "llm-responses.sqlite" for p in files)  # the response cache was written...
+    for p in files:
+        assert key.encode() not in p.read_bytes(), p  # ...and neither it nor anything else holds the key
+    assert key not in render(workdir / "runs" / "interp", "json") + render(workdir / "runs" / "interp", "json", latents=True)
+    out, err = capfd.readouterr()
+    assert key not in out + err
+
+
+def test_missing_api_key_is_bad_input_naming_the_variable(workdir, monkeypatch):
+    monkeypatch.delenv("SAEBENCH_NO_SUCH_KEY", raising=False)
+    edit(workdir, llms={"judge": {"client": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m",
+                                  "api_key_env": "SAEBENCH_NO_SUCH_KEY"}})
+    with pytest.raises(saebench.ConfigError) as info:
+        run(workdir)
+    assert "SAEBENCH_NO_SUCH_KEY" in str(info.value) and "llms.judge" in str(info.value)
