@@ -265,9 +265,17 @@ class LLMClient(ABC):
         """Identity entries beyond client and model (base_url, mode...): whatever changes the answers."""
         return {}
 
+    def _key(self) -> str | None:
+        """The API key, read from the environment when needed (clients of keyed endpoints override this)."""
+        return None
+
     def _secrets(self) -> list[str]:
-        """Values that must never appear in an error message (the API key)."""
-        return []
+        """Values that must never appear in an error message: the API key, when one is set."""
+        try:
+            key = self._key()
+        except ConfigError:
+            return []
+        return [key] if key else []
 
     def loop_local(self, name: str, factory: Callable[[], T]) -> T:
         """An object made once per event loop (an SDK client: its connections belong to the loop).

@@ -36,12 +36,6 @@ class AnthropicClient(LLMClient):
     def _key(self) -> str:
         return api_key(self.name, self.api_key_env, "ANTHROPIC_API_KEY")
 
-    def _secrets(self) -> list[str]:
-        try:
-            return [self._key()]
-        except ConfigError:
-            return []
-
     def _endpoint(self) -> dict:
         return {"base_url": self.base_url or DEFAULT_BASE_URL}
 

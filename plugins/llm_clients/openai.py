@@ -43,12 +43,6 @@ class OpenAIClient(LLMClient):
         placeholder = "not-needed" if self.base_url is not None and self.api_key_env is None else None
         return api_key(self.name, self.api_key_env, "OPENAI_API_KEY", placeholder=placeholder)
 
-    def _secrets(self) -> list[str]:
-        try:
-            return [self._key()]
-        except ConfigError:
-            return []
-
     def _endpoint(self) -> dict:
         return {"base_url": self.base_url or DEFAULT_BASE_URL, "mode": self.mode}
 
