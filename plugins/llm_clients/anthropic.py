@@ -9,7 +9,6 @@ and, since its 2026-10-21 version, takes no sampling parameters: a request's ``t
 from __future__ import annotations
 
 import saebench
-from saebench.errors import ConfigError
 from saebench.llm import LLMClient, LLMError, LLMRequest, LLMResponse, api_key, sdk_call
 from saebench.metrics import Option
 
