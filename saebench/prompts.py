@@ -12,12 +12,16 @@ Conventions (one way each):
 - A probability is read from the top-logprob alternatives at the generated token holding a digit;
   an alternative counts for digit d when it is d once whitespace, brackets, commas and quotes are
   stripped (" 1", "[1", "1," all count for "1").
+- A one-excerpt judge answers Yes or No: only the answer's first word is read ("yes"/"no" or
+  "1"/"0", any case, trailing punctuation allowed), and P(Yes) is read from the first generated
+  token's alternatives, each counted as yes or no once spaces are stripped and case folded.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import string
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -32,6 +36,7 @@ _ESCAPES = str.maketrans({"\n": "\\n", "\t": "\\t", "\r": "\\r"})
 _LIST = re.compile(r"\[([^\[\]]*)\]")
 _INT = re.compile(r"\s*([+-]?\d+)\s*")
 _STRIP = " \t\n[](),'\""
+_YES_NO = {"yes": 1, "1": 1, "no": 0, "0": 0}
 
 
 def render(tokens: Sequence[str]) -> str:
@@ -144,6 +149,32 @@ def parse_int_list(text: str, n: int, lo: int, hi: int) -> list[int] | None:
 def parse_binary_list(text: str, n: int) -> list[int] | None:
     """Exactly ``n`` values, each 0 or 1, from the answer's last bracketed list, else None."""
     return parse_int_list(text, n, 0, 1)
+
+
+def parse_yes_no(text: str) -> int | None:
+    """1 for an answer whose first word is yes or 1, 0 for no or 0 (any case, trailing punctuation
+    allowed, later words ignored); None otherwise: "Maybe", "**Yes**" and "Yesterday" are not answers."""
+    words = text.split(maxsplit=1)
+    if not words:
+        return None
+    return _YES_NO.get(words[0].rstrip(string.punctuation).casefold())
+
+
+def prob_yes(response: LLMResponse) -> float | None:
+    """P(Yes) / (P(Yes) + P(No)) among the first generated token's alternatives (the token itself
+    included); None without logprobs or when neither word is among them."""
+    if not response.logprobs:
+        return None
+    first = response.logprobs[0]
+    candidates = {**first.top}
+    candidates.setdefault(first.token, first.logprob)
+    mass = {"yes": 0.0, "no": 0.0}
+    for text, logprob in candidates.items():
+        word = text.strip().casefold()
+        if word in mass and math.isfinite(logprob):
+            mass[word] += math.exp(logprob)
+    total = mass["yes"] + mass["no"]
+    return mass["yes"] / total if total > 0 else None
 
 
 def token_at(response: LLMResponse, offset: int) -> TokenLogprob | None:

@@ -13,7 +13,7 @@ from saebench.interfaces import Example, LatentRecord
 from saebench.llm import LLMResponse
 from saebench.prompts import highlight, parse_explanation, spread
 from saebench.plugins.explainers.contrastive import ContrastiveExplainer
-from saebench.plugins.explainers.llm import LLMExplainer
+from saebench.plugins.explainers.llm import REPLY, LLMExplainer
 from saebench.plugins.explainers.top_tokens import TopTokensExplainer
 from scripted import ScriptedLLM, prompt_text
 
@@ -96,7 +96,8 @@ def test_llm_caps_examples_and_shows_values():
     user = llm.requests[0].messages[-1]["content"]
     # the strongest (Cat=5, window of train[4]) and the weakest (Cat=1, train[0]) of max 5
     assert user == (f"Excerpts:\n1. {rec.train[4].tokens[0]} the <<Cat>> sat\n   activations: Cat=10\n"
-                    f"2. {rec.train[0].tokens[0]} the <<Cat>> sat\n   activations: Cat=2")
+                    f"2. {rec.train[0].tokens[0]} the <<Cat>> sat\n   activations: Cat=2\n\n"
+                    "Reply with one line that starts with [EXPLANATION]:")
 
 
 def test_contrastive_shows_hard_negatives_first_and_no_test_windows():
@@ -108,7 +109,7 @@ def test_contrastive_shows_hard_negatives_first_and_no_test_windows():
     assert all(e.tokens[0] in fires for e in rec.train)
     hard = [e.tokens[0] for e in rec.train_negatives if e.kind == "hard"]
     rand = [e.tokens[0] for e in rec.train_negatives if e.kind == "random"]
-    assert quiet == f"1. {hard[0]} a dog\n2. {hard[1]} a dog\n3. {rand[0]} a dog"
+    assert quiet == f"1. {hard[0]} a dog\n2. {hard[1]} a dog\n3. {rand[0]} a dog\n\n{REPLY}"
     for e in rec.test + rec.test_negatives:
         assert e.tokens[0] not in prompt_text(llm.requests[0])
 
@@ -118,6 +119,38 @@ def test_unparsable_answer_is_a_failure_never_an_explanation(cls):
     explanation, _ = run(cls(), record(), answer="The feature is about cats.")
     assert explanation.text is None and explanation.parse_failures == 1
     assert explanation.failure == "unparsable answer: 'The feature is about cats.'"
+
+
+@pytest.mark.parametrize("cls", [LLMExplainer, ContrastiveExplainer])
+@pytest.mark.parametrize("show_activations", [False, True])
+def test_worked_examples_have_the_question_format_and_the_reply_line_comes_last(cls, show_activations):
+    _, llm = run(cls(show_activations=show_activations), record())
+    messages = llm.requests[0].messages
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    assert len(users) == 4 and len(answers) == 3  # three worked examples, then the question
+    head = "Excerpts:\n1. " if cls is LLMExplainer else "Fires on:\n1. "
+    assert all(u.startswith(head) and u.endswith(f"\n\n{REPLY}") for u in users)
+    assert all(a.startswith("[EXPLANATION]: ") for a in answers)
+    # marked lines of the worked examples get activations lines exactly when the question's do
+    for u in users:
+        marked = [line for line in u.splitlines() if "<<" in line]
+        assert u.count("   activations: ") == (len(marked) if show_activations else 0)
+    assert "<phrase>" not in prompt_text(llm.requests[0])  # a placeholder small models copy as the answer
+
+
+@pytest.mark.parametrize("cls", [LLMExplainer, ContrastiveExplainer])
+def test_a_copied_worked_example_is_a_failure(cls):
+    parrot = lambda r: r.messages[-2]["content"]  # the last worked answer, marker and all
+    explanation, llm = run(cls(), record(), parrot)
+    assert explanation.text is None and explanation.parse_failures == 1
+    assert explanation.failure.startswith("answer copies a worked example: ")
+    first = llm.requests[0].messages[2]["content"]  # the first worked answer, shouted and with a period
+    explanation, _ = run(cls(), record(), lambda r: first.upper() + ".")
+    assert explanation.text is None and explanation.failure.startswith("answer copies")
+    # the same style about this latent's own tokens is an answer
+    explanation, _ = run(cls(), record(), '[EXPLANATION]: the word "Cat": a capitalised animal noun')
+    assert explanation.text == 'the word "Cat": a capitalised animal noun' and explanation.failure is None
 
 
 def test_usage_is_copied_from_the_response():

@@ -13,8 +13,8 @@ from saebench.errors import ConfigError
 from saebench.interfaces import Example, Explanation, InterpContext, LatentRecord
 from saebench.llm import LLMResponse, TokenLogprob
 from saebench.metrics import roc_auc
-from saebench.prompts import find_int_list, parse_binary_list, parse_int_list, prob_one
-from saebench.plugins.scorers.detection import DetectionScorer
+from saebench.prompts import find_int_list, parse_binary_list, parse_int_list, parse_yes_no, prob_one, prob_yes
+from saebench.plugins.scorers.detection import YES_NO_TOKENS, DetectionScorer
 from saebench.plugins.scorers.fuzzing import FuzzingScorer
 from saebench.plugins.scorers.simulation import SimulationScorer
 from scripted import ScriptedLLM
@@ -224,6 +224,120 @@ def test_detection_prompt_size_estimate():
     chars = sum(len(m["content"]) for m in llm.requests[0].messages)
     print(f"\ndetection prompt, 5 examples × 32 tokens: {chars} chars ≈ {chars / 4:.0f} tokens")
     assert 500 < chars < 2000
+
+
+# ---- one excerpt per prompt: a Yes/No answer ---------------------------------------------------
+
+@pytest.mark.parametrize("answer, expected", [
+    ("Yes", 1), ("yes.", 1), ("YES, the cat is there", 1), ("  1", 1), ("1.", 1),
+    ("No.", 0), ("no!", 0), ("No. The excerpt has no cat", 0), ("0", 0),
+    ("Maybe", None), ("**Yes**", None), ("Yesterday", None), ("The answer is yes", None), ("10", None), ("", None),
+])
+def test_yes_no_reads_only_the_first_word(answer, expected):
+    assert parse_yes_no(answer) == expected
+
+
+def test_prob_yes_sums_spellings_of_each_word():
+    top = {" Yes": math.log(0.3), "yes": math.log(0.1), "No": math.log(0.2), " NO": math.log(0.2),
+           "Maybe": math.log(0.15), "Yes.": math.log(0.05)}  # "Yes." is no yes: only spaces are stripped
+    first = TokenLogprob(token="No", logprob=math.log(0.2), top=top)
+    response = LLMResponse(text="No. It is not", logprobs=[first, TokenLogprob(token=".", logprob=0.0)])
+    assert prob_yes(response) == pytest.approx(0.4 / 0.8)
+    # the generated token counts when the alternatives leave it out
+    alone = LLMResponse(text="Yes", logprobs=[TokenLogprob(token="Yes", logprob=math.log(0.6), top={"No": math.log(0.2)})])
+    assert prob_yes(alone) == pytest.approx(0.75)
+    assert prob_yes(LLMResponse(text="Yes")) is None
+    neither = LLMResponse(text="Sure", logprobs=[TokenLogprob(token="Sure", logprob=0.0, top={"The": -1.0})])
+    assert prob_yes(neither) is None
+
+
+def excerpt(request):
+    """The one excerpt of a Yes/No prompt."""
+    return re.fullmatch(r"Explanation: the word cat\n\nExcerpt: (.*)\n\n.*\? Reply with one word: Yes or No\.",
+                        request.messages[-1]["content"]).group(1)
+
+
+#: answers a judge may give, all parsed: the window number picks one
+SPELLINGS = {1: ("Yes.", "yes, there is a cat", "1", "YES"), 0: ("No.", "no", "0", "No! Not at all")}
+
+
+@pytest.mark.parametrize("cls, truth, n_pos, n_neg", SCORERS)
+def test_one_excerpt_all_yes_judge(cls, truth, n_pos, n_neg):
+    result, llm = score(cls(examples_per_prompt=1), lambda r: "Yes")
+    m = result.metrics
+    assert m["balanced_accuracy"] == 0.5 and m["recall"] == 1.0 and m["auc"] is None
+    assert m["precision"] == pytest.approx(n_pos / (n_pos + n_neg))
+    assert result.parse_failures == 0 and len(llm.requests) == n_pos + n_neg == result.details["prompts"]
+    assert sorted(tag(excerpt(r)) for r in llm.requests) == sorted(r["window"] for r in result.details["examples"])
+    assert all(r.max_tokens == YES_NO_TOKENS and r.top_logprobs == 0 for r in llm.requests)
+    assert llm.requests[0].messages[0]["content"] != cls.SYSTEM  # not the list instructions
+
+
+@pytest.mark.parametrize("cls, truth, n_pos, n_neg", SCORERS)
+def test_one_excerpt_perfect_and_inverted_judges(cls, truth, n_pos, n_neg):
+    right = lambda r: SPELLINGS[truth(excerpt(r))][tag(excerpt(r)) % 4]
+    result, _ = score(cls(examples_per_prompt=1), right)
+    assert result.parse_failures == 0 and len(result.details["examples"]) == n_pos + n_neg
+    assert {k: result.metrics[k] for k in ("balanced_accuracy", "accuracy", "precision", "recall", "f1")} == \
+        dict.fromkeys(("balanced_accuracy", "accuracy", "precision", "recall", "f1"), 1.0)
+    wrong = lambda r: SPELLINGS[1 - truth(excerpt(r))][tag(excerpt(r)) % 4]
+    inverted, _ = score(cls(examples_per_prompt=1), wrong)
+    assert inverted.metrics["balanced_accuracy"] == 0.0 and inverted.metrics["recall"] == 0.0
+
+
+@pytest.mark.parametrize("cls, truth, n_pos, n_neg", SCORERS)
+def test_one_excerpt_garbage_first_word_is_a_parse_failure(cls, truth, n_pos, n_neg):
+    garbage = ("Maybe yes", "**Yes**", "Yesterday", "The excerpt: yes", "")
+    result, llm = score(cls(examples_per_prompt=1), lambda r: garbage[tag(excerpt(r)) % 5])
+    assert result.parse_failures == len(llm.requests) == n_pos + n_neg
+    assert result.metrics == dict.fromkeys(("balanced_accuracy", "accuracy", "precision", "recall", "f1", "auc"))
+    # one unparsable answer excludes only its own excerpt (w205, a negative, is shown once by both scorers)
+    one_bad = lambda r: "Maybe" if tag(excerpt(r)) == 205 else SPELLINGS[truth(excerpt(r))][0]
+    result, _ = score(cls(examples_per_prompt=1), one_bad)
+    assert result.parse_failures == 1 and len(result.details["examples"]) == n_pos + n_neg - 1
+    assert 205 not in [r["window"] for r in result.details["examples"]]
+    assert result.metrics["balanced_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("cls, truth, n_pos, n_neg", SCORERS)
+def test_one_excerpt_auc_from_yes_no_logprobs(cls, truth, n_pos, n_neg):
+    def answer(request):
+        assert request.top_logprobs == 5
+        x = excerpt(request)
+        w, label = tag(x), truth(x)
+        if w == 205:  # the first token is a newline, neither word among its alternatives: parsed, but no p1
+            toks = [TokenLogprob(token="\n", logprob=-0.1, top={"The": -2.0}), TokenLogprob(token="No", logprob=0.0)]
+            return LLMResponse(text="\nNo", logprobs=toks)
+        # masses " Yes" a, "yes" a/2, "No" b, "Maybe" 0.1 (ignored): P(Yes) = 1.5a / (1.5a + b), and the
+        # positives' range (0.50-0.70) overlaps the negatives' (0.23-0.75), so the AUC is neither 0.5 nor 1
+        a, b = (0.2 + 0.03 * (w % 10), 0.3) if label else (0.1, 0.05 + 0.05 * (w % 10))
+        top = {" Yes": math.log(a), "yes": math.log(a / 2), "No": math.log(b), "Maybe": math.log(0.1)}
+        word = " Yes" if 1.5 * a > b else "No"
+        return LLMResponse(text=word + ". Because", logprobs=[TokenLogprob(token=word, logprob=top[word], top=top)])
+
+    result, _ = score(cls(examples_per_prompt=1, logprobs=True), answer)
+    rows = result.details["examples"]
+    assert result.parse_failures == 0 and len(rows) == n_pos + n_neg
+
+    def by_hand(row):
+        w = row["window"]
+        if w == 205:
+            return None
+        a, b = (0.2 + 0.03 * (w % 10), 0.3) if row["label"] else (0.1, 0.05 + 0.05 * (w % 10))
+        return 1.5 * a / (1.5 * a + b)
+
+    expected = [by_hand(r) for r in rows]
+    assert [r["p1"] for r in rows] == pytest.approx(expected)
+    assert sum(p is None for p in expected) == 1
+    scored = [(r["label"], p) for r, p in zip(rows, expected) if p is not None]
+    auc = roc_auc([l for l, _ in scored], [p for _, p in scored])
+    assert 0.5 < auc < 1 and result.metrics["auc"] == pytest.approx(auc)
+
+
+def test_a_short_last_batch_keeps_the_list_format():
+    result, llm = score(DetectionScorer(n_activating=6, n_negatives=5), answer_with(detect_truth))
+    assert [len(excerpts(r)) for r in llm.requests] == [5, 5, 1]
+    assert result.parse_failures == 0 and result.metrics["balanced_accuracy"] == 1.0
 
 
 # ---- simulation --------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """Contrastive explainer: activating and non-activating examples in one prompt.
 
-Prompt (chat): a system message, one worked example, then two numbered sections: ``Fires on``
-(at most ``n_examples`` of ``record.train``, marked as the ``llm`` explainer marks them) and
-``Does not fire on`` (at most ``n_negatives`` of ``record.train_negatives``, hard negatives first:
-windows that resemble the activating ones but where the latent is 0, which is where a too-broad
-explanation shows). The answer is parsed after ``[EXPLANATION]:`` exactly like the ``llm``
-explainer's; the test sets are never read.
+Prompt (chat): a system message, three short worked examples, then two numbered sections:
+``Fires on`` (at most ``n_examples`` of ``record.train``, marked as the ``llm`` explainer marks
+them) and ``Does not fire on`` (at most ``n_negatives`` of ``record.train_negatives``, hard
+negatives first: windows that resemble the activating ones but where the latent is 0, which is
+where a too-broad explanation shows), and the answer format restated last. The answer is parsed
+after ``[EXPLANATION]:`` exactly like the ``llm`` explainer's (a copy of a worked example's
+answer is a failure too); the test sets are never read.
 """
 
 from __future__ import annotations
@@ -16,22 +17,36 @@ from saebench.metrics import Option
 from saebench.prompts import EXPLANATION_MARKER, chat, numbered, render, spread
 
 from saebench.plugins.explainers.llm import OPTIONS as LLM_OPTIONS
-from saebench.plugins.explainers.llm import VALUES_NOTE, LLMExplainer, example_lines
+from saebench.plugins.explainers.llm import REPLY, VALUES_NOTE, LLMExplainer, example_lines, lines_with_values
 
 SYSTEM = (
     "You explain a feature of a language model. Under 'Fires on' are excerpts where it fires, the tokens where "
     "it fires marked <<like this>>{values}; under 'Does not fire on' are excerpts where it never fires. Say what "
     "the marked tokens have in common that the other excerpts lack, including the context just before them "
-    "where it matters. Give one short phrase. Reply with one line: " + EXPLANATION_MARKER + " <phrase>"
+    "where it matters: one short phrase, which may quote a few typical marked tokens. " + REPLY
+    + " followed by the phrase."
 )
 
-SHOT = (
-    "Fires on:\n1. the dog <<ran>> home fast\n2. she <<jumped>> over the fence\n"
-    "Does not fire on:\n1. the run was long and flat\n2. a jump of two metres",
-    f"{EXPLANATION_MARKER} past-tense verbs of movement (not the nouns 'run', 'jump')",
+#: worked examples: (fires-on excerpts, their activations lines, does-not-fire-on excerpts, answer);
+#: each answer quotes its own excerpts, as the llm explainer's do
+SHOTS = (
+    (("the dog <<ran>> home fast", "she <<jumped>> over the fence"), ("ran=10", "jumped=8"),
+     ("the run was long and flat", "a jump of two metres"),
+     'the words "ran", "jumped": past-tense verbs of movement, not the nouns "run", "jump"'),
+    (("we flew to <<Paris>> in May", "the <<London>> office"), ("Paris=10", "London=6"),
+     ("Paris Hilton waved", "a novel by Jack London"),
+     'the words "Paris", "London" as city names, not as parts of a person\'s name'),
+    (("y = f<<(>>x)", "print<<(>>'hi')"), ("(=10", "(=9"),
+     ("x = (a + b) * 2", "a note (in brackets)"),
+     'the token "(" right after a function name, as in "f(", "print(", not a bracket that groups'),
 )
-SHOT_VALUES = SHOT[0].replace("<<ran>> home fast", "<<ran>> home fast\n   activations: ran=10").replace(
-    "<<jumped>> over the fence", "<<jumped>> over the fence\n   activations: jumped=8")
+
+
+def question(fires: list[str], quiet: list[str]) -> str:
+    text = f"Fires on:\n{numbered(fires)}"
+    if quiet:
+        text += f"\nDoes not fire on:\n{numbered(quiet)}"
+    return f"{text}\n\n{REPLY}"
 
 
 class ContrastiveExplainer(LLMExplainer):
@@ -47,12 +62,11 @@ class ContrastiveExplainer(LLMExplainer):
         shown = spread(record.train, self.n_examples)
         # hard negatives first: they are the informative contrast; the sort keeps each kind's order
         negatives = sorted(record.train_negatives, key=lambda e: e.kind != "hard")[: self.n_negatives]
-        user = f"Fires on:\n{numbered(example_lines(shown, scale))}"
-        if negatives:
-            user += f"\nDoes not fire on:\n{numbered([render(e.tokens) for e in negatives])}"
+        user = question(example_lines(shown, scale), [render(e.tokens) for e in negatives])
         system = SYSTEM.format(values=VALUES_NOTE if self.show_activations else "")
-        shot = (SHOT_VALUES if self.show_activations else SHOT[0], SHOT[1])
-        return chat(system, user, [shot])
+        shots = [(question(lines_with_values(fires, values, self.show_activations), list(quiet)),
+                  f"{EXPLANATION_MARKER} {answer}") for fires, values, quiet, answer in SHOTS]
+        return chat(system, user, shots)
 
 
 @saebench.hookimpl

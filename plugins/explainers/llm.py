@@ -25,22 +25,30 @@ from saebench.llm import LLMRequest
 from saebench.metrics import Option
 from saebench.prompts import EXPLANATION_MARKER, Usage, chat, highlight, numbered, parse_explanation, spread
 
+# Restated at the end of every question: a small model answers the last thing it read, and without
+# it SmolLM2-135M rarely writes the marker. No "<phrase>" placeholder: it copies that as an answer.
+REPLY = "Reply with one line that starts with " + EXPLANATION_MARKER
+
 SYSTEM = (
     "You explain a feature of a language model. You see text excerpts where the feature fires; the tokens "
     "where it fires are marked <<like this>>{values}. Say what the marked tokens have in common, including the "
-    "context just before them where it matters. Give one short phrase, not a list of the examples. "
-    "Reply with one line: " + EXPLANATION_MARKER + " <phrase>"
+    "context just before them where it matters: one short phrase, which may quote a few typical marked tokens, "
+    "not a list of the examples. " + REPLY + " followed by the phrase."
 )
 VALUES_NOTE = ", and each excerpt's activations line gives the marked tokens' strength from 0 to 10"
 
-#: worked examples: (excerpts with marks, activations lines, answer)
+#: worked examples: (excerpts with marks, activations lines, answer). Each answer quotes its own
+#: excerpts' tokens, so a copy is never a fitting answer for another latent and is caught as one.
 SHOTS = (
     (("the dog <<ran>> home fast", "she <<jumped>> over the fence", "they <<swam>> across the lake"),
      ("ran=10", "jumped=8", "swam=6"),
-     "past-tense verbs of bodily movement"),
-    (("def <<__init__>>(self, x):", "return len(self.<<__dict__>>)", "obj.<<__class__>>.__name__"),
-     ("__init__=10", "__dict__=7", "__class__=9"),
-     "the first double-underscore (dunder) name in a line of Python"),
+     'the words "ran", "jumped", "swam": past-tense verbs of movement'),
+    (("we flew to <<Paris>> in May", "the <<London>> office", "born in <<Tokyo>>, Japan"),
+     ("Paris=10", "London=6", "Tokyo=9"),
+     'the words "Paris", "London", "Tokyo": city names'),
+    (("y = f<<(>>x)", "print<<(>>'hi')", "n = len<<(>>items)"),
+     ("(=10", "(=9", "(=7"),
+     'the token "(" right after a function name, as in "f(", "print(", "len("'),
 )
 
 OPTIONS = (
@@ -55,13 +63,23 @@ def example_lines(examples: list, scale: float | None) -> list[str]:
     return [highlight(e, scale=scale) for e in examples]
 
 
+def lines_with_values(texts, values, show_activations: bool) -> list[str]:
+    """A worked example's excerpt lines, with activations lines when the real question has them."""
+    return [f"{t}\n   activations: {v}" if show_activations else t for t, v in zip(texts, values)]
+
+
 def worked_examples(show_activations: bool) -> list[tuple[str, str]]:
     """The few-shot (question, answer) pairs, in the same format as the real question."""
-    shots = []
-    for texts, values, answer in SHOTS:
-        lines = [f"{t}\n   activations: {v}" if show_activations else t for t, v in zip(texts, values)]
-        shots.append((f"Excerpts:\n{numbered(lines)}", f"{EXPLANATION_MARKER} {answer}"))
-    return shots
+    return [(f"Excerpts:\n{numbered(lines_with_values(texts, values, show_activations))}\n\n{REPLY}",
+             f"{EXPLANATION_MARKER} {answer}") for texts, values, answer in SHOTS]
+
+
+def copied(text: str, messages: tuple[dict[str, str], ...]) -> bool:
+    """Whether an explanation repeats a worked example's answer of its own prompt (case and final
+    period aside): a model that parrots the example has explained nothing."""
+    norm = lambda t: t.casefold().rstrip(" .")
+    shown = (parse_explanation(m["content"]) for m in messages if m["role"] == "assistant")
+    return any(a is not None and norm(a) == norm(text) for a in shown)
 
 
 class LLMExplainer(Explainer):
@@ -73,7 +91,7 @@ class LLMExplainer(Explainer):
     def messages(self, record: LatentRecord) -> tuple[dict[str, str], ...]:
         scale = record.max_activation if self.show_activations else None
         shown = spread(record.train, self.n_examples)
-        user = f"Excerpts:\n{numbered(example_lines(shown, scale))}"
+        user = f"Excerpts:\n{numbered(example_lines(shown, scale))}\n\n{REPLY}"
         system = SYSTEM.format(values=VALUES_NOTE if self.show_activations else "")
         return chat(system, user, worked_examples(self.show_activations))
 
@@ -94,6 +112,9 @@ class LLMExplainer(Explainer):
         failure: dict[str, Any] = {}
         if text is None:
             failure = {"failure": f"unparsable answer: {response.text[:80]!r}", "parse_failures": 1}
+        elif copied(text, messages):
+            failure = {"failure": f"answer copies a worked example: {text[:80]!r}", "parse_failures": 1}
+            text = None
         return Explanation(latent=record.latent, explainer=self.name, text=text, **failure, **usage.fields())
 
 

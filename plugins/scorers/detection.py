@@ -3,15 +3,25 @@
 Samples: at most ``n_activating`` of ``record.test`` (label 1) and ``n_negatives`` of
 ``record.test_negatives`` (label 0), each set spread over activation strength
 (``prompts.spread``), shown as plain text. They are shuffled together with a generator seeded
-from (ctx.seed, latent) and sent ``examples_per_prompt`` at a time. The judge answers a list of
-0/1, one per excerpt; an answer that is not exactly that (wrong length, not a list, other values)
-excludes that prompt's examples and counts one parse failure.
+from (ctx.seed, latent) and sent ``examples_per_prompt`` at a time.
+
+Two answer formats:
+
+- ``examples_per_prompt`` > 1 (delphi's): the excerpts are numbered and the judge answers a list
+  of 0/1, one per excerpt; an answer that is not exactly that (wrong length, not a list, other
+  values) excludes that prompt's examples and counts one parse failure. With ``logprobs: true``,
+  P("1") is read from the top logprobs at each answer digit.
+- ``examples_per_prompt`` = 1: one excerpt and a Yes/No question, a format small local models
+  follow where they only repeat a numbered list. The answer's first word is read
+  (``prompts.parse_yes_no``: yes/no or 1/0, any case; anything else is a parse failure), so at
+  most ``YES_NO_TOKENS`` tokens are asked for; with ``logprobs: true``, P(Yes) against P(No) is
+  read from the first generated token's alternatives (``prompts.prob_yes``; None when neither is
+  among them).
 
 Metrics over the parsed examples (``saebench.metrics.binary_metrics``): balanced_accuracy,
-accuracy, precision, recall, f1; ``auc`` ranks the examples by P("1") read from the top
-logprobs at each answer digit (``logprobs: true``), None without logprobs. Nothing parsed:
-every metric None. Details: one row per example (window, kind, quantile, label, prediction, p1)
-and the recall of each activation quantile.
+accuracy, precision, recall, f1; ``auc`` ranks the examples by that P("1") (or P(Yes)), None
+without logprobs. Nothing parsed: every metric None. Details: one row per example (window, kind,
+quantile, label, prediction, p1) and the recall of each activation quantile.
 
 The fuzzing scorer reuses all of this with other samples and instructions.
 """
@@ -26,9 +36,12 @@ import saebench
 from saebench.interfaces import Explanation, InterpContext, InterpScorer, LatentRecord, LatentScore
 from saebench.llm import LLMRequest
 from saebench.metrics import Option, binary_metrics, ratio, roc_auc
-from saebench.prompts import Usage, chat, find_int_list, numbered, parse_binary_list, prob_one, render, spread
+from saebench.prompts import (Usage, chat, find_int_list, numbered, parse_binary_list, parse_yes_no, prob_one,
+                              prob_yes, render, spread)
 
 TOP_LOGPROBS = 5
+#: the most tokens asked for a Yes/No answer: only its first word is read
+YES_NO_TOKENS = 8
 METRICS = ("balanced_accuracy", "accuracy", "precision", "recall", "f1", "auc")
 
 SYSTEM = (
@@ -36,6 +49,10 @@ SYSTEM = (
     "answer 1 if the feature as explained fires anywhere in it, else 0. Reply with only a list of 0/1 numbers, "
     "one per excerpt, in order, e.g. [1, 0, 0]."
 )
+# Kept short on purpose: with instructions in the system message (what to answer, what the marks
+# mean) SmolLM2-135M restates the explanation instead of answering in most prompts; measured.
+SYSTEM_ONE = "You check explanations of language-model features; a feature fires on certain tokens of a text."
+QUESTION_ONE = "Does the feature as explained fire anywhere in this excerpt?"
 
 
 @dataclass
@@ -54,12 +71,16 @@ class DetectionScorer(InterpScorer):
 
     name = "detection"
     SYSTEM = SYSTEM
+    SYSTEM_ONE = SYSTEM_ONE
+    QUESTION_ONE = QUESTION_ONE
     OPTIONS = (
         Option("n_activating", int, 50, minimum=0, optional=True, help="activating test examples (None: all)"),
         Option("n_negatives", int, 50, minimum=0, optional=True, help="non-activating test examples (None: all)"),
-        Option("examples_per_prompt", int, 5, minimum=1),
-        Option("logprobs", bool, False, help="ask for top logprobs and report auc from P('1')"),
-        Option("max_tokens", int, 64, minimum=1, help="longest answer per prompt"),
+        Option("examples_per_prompt", int, 5, minimum=1,
+               help="excerpts per prompt; 1 asks a Yes/No question, which small models follow"),
+        Option("logprobs", bool, False, help="ask for top logprobs and report auc from P('1') or P(Yes)"),
+        Option("max_tokens", int, 64, minimum=1,
+               help=f"longest answer per prompt (at most {YES_NO_TOKENS} for a Yes/No answer)"),
     )
 
     def samples(self, record: LatentRecord, rng: random.Random) -> list[Sample]:
@@ -69,6 +90,9 @@ class DetectionScorer(InterpScorer):
                 for label, group in ((1, positives), (0, negatives)) for e in group]
 
     def question(self, explanation: str, batch: list[Sample]) -> str:
+        if self.examples_per_prompt == 1:
+            return (f"Explanation: {explanation}\n\nExcerpt: {batch[0].text}\n\n"
+                    f"{self.QUESTION_ONE} Reply with one word: Yes or No.")
         return (f"Explanation: {explanation}\n\nExcerpts:\n{numbered([s.text for s in batch])}\n\n"
                 f"Answer with exactly {len(batch)} numbers.")
 
@@ -97,10 +121,16 @@ class DetectionScorer(InterpScorer):
 
     async def _judge(self, ctx: InterpContext, explanation: str, batch: list[Sample], usage: Usage):
         """[(prediction, p1)] per sample, or None when the answer is unparsable."""
-        request = LLMRequest(messages=chat(self.SYSTEM, self.question(explanation, batch)),
-                             max_tokens=self.max_tokens, temperature=0.0, seed=ctx.seed,
-                             top_logprobs=TOP_LOGPROBS if self.logprobs else 0)
+        one = self.examples_per_prompt == 1  # the option, not len(batch): a short last batch keeps the list format
+        request = LLMRequest(messages=chat(self.SYSTEM_ONE if one else self.SYSTEM, self.question(explanation, batch)),
+                             max_tokens=min(self.max_tokens, YES_NO_TOKENS) if one else self.max_tokens,
+                             temperature=0.0, seed=ctx.seed, top_logprobs=TOP_LOGPROBS if self.logprobs else 0)
         response = usage.add(await ctx.llm.complete(request))
+        if one:
+            prediction = parse_yes_no(response.text)
+            if prediction is None:
+                return None
+            return [(prediction, prob_yes(response) if self.logprobs else None)]
         predictions = parse_binary_list(response.text, len(batch))
         if predictions is None:
             return None

@@ -11,9 +11,10 @@ Samples, from at most ``n_activating`` of ``record.test`` and ``n_negatives`` of
 - label 0 (kind as given): each negative with m random tokens marked, m = the mean number of marked
   tokens per activating example, rounded up (at most the example's length).
 
-Random choices use a generator seeded from (ctx.seed, latent). Batching, parsing, parse failures
-and metrics are the detection scorer's: the judge answers 1 when the marked tokens are what the
-explanation describes.
+Random choices use a generator seeded from (ctx.seed, latent). Batching, the two answer formats
+(a 0/1 list, or Yes/No for one excerpt per prompt), parsing, parse failures and metrics are the
+detection scorer's: the judge answers 1 (Yes) when the marked tokens are what the explanation
+describes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ SYSTEM = (
     "tokens are marked <<like this>>. Answer 1 if the marked tokens are ones the feature as explained would fire "
     "on, else 0. Reply with only a list of 0/1 numbers, one per excerpt, in order, e.g. [1, 0, 0]."
 )
+# the detection scorer's short system message; naming the <<marks>> anywhere makes SmolLM2 restate
+# the explanation instead of answering (measured), and strong judges read them from the excerpt
+QUESTION_ONE = "Are the marked tokens ones the feature as explained fires on?"
 
 
 class FuzzingScorer(DetectionScorer):
@@ -40,6 +44,7 @@ class FuzzingScorer(DetectionScorer):
 
     name = "fuzzing"
     SYSTEM = SYSTEM
+    QUESTION_ONE = QUESTION_ONE
     OPTIONS = (
         Option("n_activating", int, 25, minimum=0, optional=True,
                help="activating test examples, each shown correctly and wrongly marked (None: all)"),
