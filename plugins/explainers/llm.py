@@ -1,17 +1,21 @@
 """LLM explainer: a few-shot prompt of activating examples with the firing tokens marked.
 
-Prompt (chat): a system message stating the task and the answer format, two short worked examples
-(user excerpts / assistant answer), then the latent's excerpts, numbered, one per line, its
-strongest tokens marked ``<<like this>>`` (``saebench.prompts.highlight``) and, with
+Prompt (chat): a system message stating the task and the answer format, three short worked
+examples (user excerpts / assistant answer), then the latent's excerpts, numbered, one per line,
+its strongest tokens marked ``<<like this>>`` (``saebench.prompts.highlight``) and, with
 ``show_activations``, a second line per excerpt giving each marked token's activation 0-10 of the
-latent's maximum. The answer is the first line after ``[EXPLANATION]:``; an answer without it (or
-with nothing usable after it) gives ``text=None`` and a failure, never an explanation.
+latent's maximum. Every question ends with the answer format restated (``REPLY``), which a small
+model needs: SmolLM2-135M then writes the marker for nearly every latent, and without the worked
+examples it never does. The answer is the first line after ``[EXPLANATION]:``; an answer without
+it (or with nothing usable after it) gives ``text=None`` and a failure, never an explanation, and
+so does an answer that repeats a worked example's (each quotes its own excerpts' tokens, so a
+repeat is a parrot, not a description of this latent).
 
 Which examples: at most ``n_examples`` of ``record.train`` evenly spread over the ranking by
-maximum activation (``prompts.spread``), strongest first. The default 20 keeps the prompt near
-delphi's explainer prompt (about 963 tokens): 20 windows of 32 tokens make a prompt of about
-3,200 characters (~800 tokens), of which ~180 tokens are instructions and worked examples;
-40 windows make ~5,700 characters (~1,400 tokens).
+maximum activation (``prompts.spread``), strongest first. Measured with SmolLM2's tokenizer on the
+quickstart's records (windows of 32 Gemma tokens of Python documentation), the prompt is about
+1,270 tokens with the default 20 excerpts and 2,180 with 40, of which 360 are instructions and
+worked examples (delphi's explainer prompt is about 960 tokens by its own count).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ SYSTEM = (
 VALUES_NOTE = ", and each excerpt's activations line gives the marked tokens' strength from 0 to 10"
 
 #: worked examples: (excerpts with marks, activations lines, answer). Each answer quotes its own
-#: excerpts' tokens, so a copy is never a fitting answer for another latent and is caught as one.
+#: excerpts' tokens: a verbatim copy describes the example, not the latent, and ``copied`` rejects it
+#: (the answer of a generic example, e.g. "dunder names in Python", was copied onto every latent).
 SHOTS = (
     (("the dog <<ran>> home fast", "she <<jumped>> over the fence", "they <<swam>> across the lake"),
      ("ran=10", "jumped=8", "swam=6"),
