@@ -16,11 +16,15 @@ from saebench.interfaces import (
     ScoreResult,
 )
 from saebench.loading import SAELoader, build_sae, load_sae, save_sae
+from saebench.probing import ProbeData, ProbeTask, TaskExample
 from saebench.sae import SAE, SAEConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ProbeTask",
+    "ProbeData",
+    "TaskExample",
     "SAE",
     "SAEConfig",
     "SAELoader",

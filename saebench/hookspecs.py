@@ -54,3 +54,8 @@ def register_scorers(register: Register) -> None:
 @hookspec
 def register_llm_clients(register: Register) -> None:
     """Register LLM clients: subclasses of :class:`saebench.LLMClient` (prompt -> completion, async)."""
+
+
+@hookspec
+def register_probe_tasks(register: Register) -> None:
+    """Register probe tasks: subclasses of :class:`saebench.ProbeTask` (labelled texts for probe scorers)."""

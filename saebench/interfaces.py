@@ -189,6 +189,12 @@ class EvalInputs:
     tokens: Tensor
     adapter: ModelAdapter | None = None
     seed: int = 0
+    #: probe scorers: ``probe_data(task)`` is the task's ProbeData at ``hookpoint`` (one cached
+    #: forward pass per model, task and hook point, shared by every SAE and probe scorer)
+    probe_data: "Callable[[Any], Any] | None" = None
+    #: probe scorers: ``explain(latents)`` gives {latent: explanation text} from the matrix's
+    #: explainers (stored explanations first); None when the run has none configured
+    explain: "Callable[[list[int]], dict[int, str]] | None" = None
 
 
 class Scorer(ABC):

@@ -33,12 +33,13 @@ KINDS: dict[str, tuple[str, str]] = {
     "explainer": ("register_explainers", "name"),
     "scorer": ("register_scorers", "name"),
     "llm_client": ("register_llm_clients", "name"),
+    "probe_task": ("register_probe_tasks", "name"),
 }
 
 
 def _base_class(kind: str) -> type:
     # Imported lazily: the bases import torch and pydantic, the manager should not.
-    from saebench import interfaces, loading, sae
+    from saebench import interfaces, loading, probing, sae
 
     return {
         "architecture": sae.SAE,
@@ -48,6 +49,7 @@ def _base_class(kind: str) -> type:
         "explainer": interfaces.Explainer,
         "scorer": interfaces.Scorer,
         "llm_client": interfaces.LLMClient,
+        "probe_task": probing.ProbeTask,
     }[kind]
 
 

@@ -1,0 +1,283 @@
+"""Probe tasks and the data probe scorers fit on.
+
+A :class:`ProbeTask` (a plugin) yields labelled texts: one label per text (``level = "sequence"``,
+e.g. which corpus a passage comes from) or labelled character spans (``level = "token"``, e.g. the
+syntax node a piece of code belongs to: the language-model analogue of per-pixel segmentation
+labels). :func:`build_probe_data` runs the subject model once over a task's texts and keeps the
+activations at each hook point with their labels as a :class:`ProbeData`, cached on disk by the
+runner, so every SAE and every probe scorer on that hook point reuses one forward pass.
+
+Token labels come from character offsets: a token takes the label of the span that holds its first
+non-whitespace character (a whitespace-only token: its first character); tokens outside every
+span are unlabelled and left out. Texts are split into train and test as wholes (a seeded 80/20
+split of the texts), so no text contributes tokens to both.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from saebench.errors import ConfigError, DataError
+
+TRAIN_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class TaskExample:
+    """One text of a probe task: a ``label`` (sequence level) or ``spans`` (token level)."""
+
+    text: str
+    label: str | None = None
+    #: [start, end) character spans of ``text`` and their labels; non-overlapping
+    spans: tuple[tuple[int, int, str], ...] = ()
+
+
+class ProbeTask(ABC):
+    """A labelled probing task (a plugin). Constructed as ``Task(**options)``; a bad option raises ConfigError.
+
+    ``examples()`` must be deterministic for given options (the runner caches what it yields, keyed by
+    ``identity()``); bump ``version`` when the texts or labels a task yields change.
+    """
+
+    name: ClassVar[str] = ""
+    level: ClassVar[Literal["sequence", "token"]] = "sequence"
+    version: ClassVar[str] = "1"
+    #: the options this task takes (saebench.metrics.Option); each becomes an attribute
+    OPTIONS: ClassVar[tuple] = ()
+
+    def __init__(self, **options: Any):
+        from saebench.metrics import parse_options
+
+        self.options = parse_options(f"probe task {self.name}", options, self.OPTIONS)
+        for key, value in self.options.items():
+            setattr(self, key, value)
+
+    @abstractmethod
+    def examples(self) -> Iterator[TaskExample]:
+        """The task's texts with their labels, in a fixed order."""
+
+    def taxonomy(self) -> dict[str, str]:
+        """A reference hierarchy over the labels, as {child: parent} (labels are leaves; inner names
+        are free), or {} when the task has none. TreeProbe compares its induced tree with it."""
+        return {}
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "options": self.options}
+
+
+def make_task(spec: str | dict[str, Any], where: str) -> ProbeTask:
+    """A task from a scorer option: ``"name"`` or ``{name: ..., options: {...}}``."""
+    from saebench import plugin_manager
+    from saebench.errors import SaebenchError
+
+    if isinstance(spec, str):
+        name, options = spec, {}
+    elif isinstance(spec, dict) and isinstance(spec.get("name"), str) and set(spec) <= {"name", "options"}:
+        name, options = spec["name"], spec.get("options") or {}
+    else:
+        raise ConfigError(f"a probe task is a name or {{name: ..., options: {{...}}}}, got {spec!r}", where)
+    try:
+        return plugin_manager.get("probe_task", name)(**options)
+    except SaebenchError as exc:
+        raise ConfigError(exc.problem, where) from None
+
+
+@dataclass
+class ProbeData:
+    """A task's activations at one hook point, with labels and a train/test split.
+
+    Rows are tokens: for a token-level task, the labelled tokens; for a sequence-level task, every
+    non-special token of every text (``sequence`` says which). ``labels`` and ``train`` are per row
+    (token level) or per text (sequence level). ``token_text`` maps the token ids that occur to text.
+    """
+
+    task: str
+    level: str
+    classes: list[str]
+    acts: Tensor  # [rows, d] float32
+    token_ids: Tensor  # [rows] long
+    sequence: Tensor  # [rows] long: index of the text each row came from
+    labels: Tensor  # [rows] (token level) or [texts] (sequence level), long indices into classes
+    train: Tensor  # bool, same length as labels
+    token_text: dict[int, str] = field(default_factory=dict)
+    taxonomy: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def features(self, encode: Callable[[Tensor], Tensor] | None = None, batch: int = 4096) -> Tensor:
+        """[len(labels), width]: ``encode(acts)`` (identity when None), mean-pooled per text for a
+        sequence-level task. Encoding is batched; pooling happens after encoding (the mean of the
+        latents, not the latents of the mean)."""
+        parts = [encode(self.acts[i : i + batch]) if encode else self.acts[i : i + batch]
+                 for i in range(0, self.acts.shape[0], batch)]
+        rows = torch.cat(parts) if parts else self.acts.new_zeros(0, self.acts.shape[1])
+        if self.level == "token":
+            return rows
+        n = self.labels.shape[0]
+        sums = rows.new_zeros(n, rows.shape[1]).index_add_(0, self.sequence, rows)
+        counts = torch.bincount(self.sequence, minlength=n).clamp_min(1).to(rows.dtype)
+        return sums / counts[:, None]
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_file({"acts": self.acts.contiguous(), "token_ids": self.token_ids, "sequence": self.sequence,
+                   "labels": self.labels, "train": self.train}, str(tmp / "data.safetensors"))
+        meta = {"task": self.task, "level": self.level, "classes": self.classes, "taxonomy": self.taxonomy,
+                "token_text": {str(k): v for k, v in self.token_text.items()}, "stats": self.stats}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+
+    @classmethod
+    def load(cls, folder: Path) -> "ProbeData":
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        t = load_file(str(folder / "data.safetensors"))
+        return cls(meta["task"], meta["level"], meta["classes"], t["acts"], t["token_ids"], t["sequence"], t["labels"],
+                   t["train"], {int(k): v for k, v in meta["token_text"].items()}, meta["taxonomy"], meta["stats"])
+
+    @staticmethod
+    def exists(folder: Path) -> bool:
+        return (Path(folder) / "meta.json").is_file()
+
+
+def token_labels(strings: Sequence[str], spans: Sequence[tuple[int, int, str]]) -> list[str | None]:
+    """The label of each token (see the module docstring), from the tokens' texts and the spans."""
+    starts = sorted(spans)
+    out: list[str | None] = []
+    pos = 0
+    j = 0
+    for s in strings:
+        stripped = len(s) - len(s.lstrip())
+        anchor = pos + (stripped if stripped < len(s) else 0)
+        while j < len(starts) and starts[j][1] <= anchor:
+            j += 1
+        label = None
+        if s and j < len(starts) and starts[j][0] <= anchor < starts[j][1]:
+            label = starts[j][2]
+        out.append(label)
+        pos += len(s)
+    return out
+
+
+def build_probe_data(
+    adapter: Any,
+    task: ProbeTask,
+    hookpoints: Sequence[str],
+    *,
+    context_length: int = 128,
+    max_rows: int = 16384,
+    max_texts: int = 2000,
+    seed: int = 0,
+    batch_texts: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, ProbeData]:
+    """Run ``adapter`` once over ``task``'s texts; a ProbeData per hook point.
+
+    Texts are truncated to ``context_length`` tokens (BOS included); collection stops after
+    ``max_texts`` texts or once ``max_rows`` rows (labelled tokens, or tokens of sequence-level
+    texts) are held. A text whose token strings do not spell it (a tokenizer that normalises)
+    is skipped and counted in ``stats["unaligned"]``.
+    """
+    bos = adapter.bos_token_id
+    keep = context_length - (1 if bos is not None else 0)
+    texts: list[tuple[list[int], list[int | None] | int]] = []  # (ids, per-token label index | text label)
+    classes: dict[str, int] = {}
+    rows = unaligned = seen = 0
+    for ex in task.examples():
+        if len(texts) >= max_texts or rows >= max_rows:
+            break
+        seen += 1
+        ids = adapter.tokenize(ex.text)[:keep]
+        if not ids:
+            continue
+        if task.level == "sequence":
+            if ex.label is None:
+                raise DataError(f"probe task {task.name!r} yielded a text without a label", task.name)
+            texts.append((ids, classes.setdefault(ex.label, len(classes))))
+            rows += len(ids)
+            continue
+        strings = adapter.token_strings(ids)
+        if not ex.text.startswith("".join(strings)):
+            unaligned += 1
+            continue
+        labels = [None if lab is None else classes.setdefault(lab, len(classes)) for lab in token_labels(strings, ex.spans)]
+        n = sum(lab is not None for lab in labels)
+        if n:
+            texts.append((ids, labels))
+            rows += n
+    if not texts:
+        raise DataError(f"probe task {task.name!r} gave no usable examples ({seen} texts seen, {unaligned} unaligned)", task.name)
+    if len(classes) < 2:
+        raise DataError(f"probe task {task.name!r} has only {len(classes)} class(es); a probe needs two", task.name)
+
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    is_train = [False] * len(texts)
+    for i in order[: max(1, int(round(TRAIN_FRACTION * len(texts))))]:
+        is_train[i] = True
+    if all(is_train):
+        is_train[order[-1]] = False
+
+    pad = adapter.pad_token_id if adapter.pad_token_id is not None else (adapter.eos_token_id or 0)
+    acts: dict[str, list[Tensor]] = {h: [] for h in hookpoints}
+    token_ids, sequence, row_labels, row_train = [], [], [], []
+    for start in range(0, len(texts), batch_texts):
+        batch = texts[start : start + batch_texts]
+        width = max(len(ids) for ids, _ in batch) + (1 if bos is not None else 0)
+        tokens = torch.full((len(batch), width), pad, dtype=torch.long)
+        select = torch.zeros(len(batch), width, dtype=torch.bool)
+        for b, (ids, labels) in enumerate(batch):
+            off = 1 if bos is not None else 0
+            if bos is not None:
+                tokens[b, 0] = bos
+            tokens[b, off : off + len(ids)] = torch.tensor(ids)
+            text_index = start + b
+            for p, tok in enumerate(ids):
+                lab = labels[p] if isinstance(labels, list) else labels
+                if isinstance(labels, list) and lab is None:
+                    continue
+                select[b, off + p] = True
+                token_ids.append(tok)
+                sequence.append(text_index)
+                if isinstance(labels, list):
+                    row_labels.append(lab)
+                    row_train.append(is_train[text_index])
+        captured = adapter.capture(tokens, list(hookpoints))  # right padding cannot change earlier positions
+        for h in hookpoints:
+            acts[h].append(captured[h][select].float())
+        if progress is not None:
+            progress(len(batch))
+    if task.level == "sequence":
+        row_labels = [lab for _, lab in texts]
+        row_train = is_train
+    ids_t = torch.tensor(token_ids, dtype=torch.long)
+    names = [None] * len(classes)
+    for label, i in classes.items():
+        names[i] = label
+    unique = sorted(set(token_ids))
+    token_text = dict(zip(unique, (adapter.token_strings([t])[0] for t in unique))) if hasattr(adapter, "token_strings") else {}
+    stats = {"texts": len(texts), "rows": len(token_ids), "unaligned": unaligned, "train_texts": sum(is_train)}
+    return {
+        h: ProbeData(task.name, task.level, names, torch.cat(acts[h]), ids_t, torch.tensor(sequence, dtype=torch.long),
+                     torch.tensor(row_labels, dtype=torch.long), torch.tensor(row_train, dtype=torch.bool),
+                     token_text, task.taxonomy(), stats)
+        for h in hookpoints
+    }
