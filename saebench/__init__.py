@@ -1,6 +1,6 @@
 """saebench: evaluate sparse autoencoders as a matrix of plugins."""
 
-from saebench.errors import CheckpointError, ConfigError, PluginError, SaebenchError, ShapeError
+from saebench.errors import CheckpointError, ConfigError, DataError, PluginError, SaebenchError, ShapeError
 from saebench.hookspecs import hookimpl
 from saebench.interfaces import (
     DataSource,
@@ -22,6 +22,7 @@ from saebench.sae import SAE, SAEConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "DataError",
     "ProbeTask",
     "ProbeData",
     "TaskExample",

@@ -53,3 +53,7 @@ def validation_error(exc: Any, where: str | Path) -> ConfigError:
     if loc:
         where = f"{where}.{loc}" if ": " in where else f"{where}: {loc}"
     return ConfigError(msg, where)
+
+
+class DataError(SaebenchError):
+    """Input data (a corpus, a probe task's texts) is empty or unusable."""

@@ -122,6 +122,36 @@ class InterpStage:
         self.bar.update(1)
 
 
+def explain_latents(runner: "Runner", store: ResultsStore, sae_spec, sae, cache: ActivationCache,
+                    latents: Sequence[int]) -> dict[int, str]:
+    """Explanations of ``latents`` from the run's rule explainer (for probe scorers that name rules):
+    those its explain cell already stored, the rest explained now from records built over the
+    evaluation set. A latent that cannot be explained (too few activating windows, the LLM gave up)
+    is left out; the caller names it some other way."""
+    from saebench.records import build_records
+
+    name, explainer = runner.rule_explainer
+    key = CellKey(sae_spec.model, sae_spec.hookpoint, sae_spec.name, f"explain[{name}]")
+    cell = next((c for c in runner.all_cells if c.key == key), None)
+    done = store.latent_results(key, cell.config_hash) if cell else {}
+    texts = {j: done[j]["text"] for j in latents if j in done and done[j].get("text")}
+    todo = [j for j in latents if j not in texts]
+    if todo:
+        adapter = runner.adapter(sae_spec.model)
+        tokens = cache.tokens()
+        with torch.no_grad():
+            records = build_records(sae, cache.batches, tokens, adapter.special_mask(tokens), adapter.token_strings,
+                                    todo, runner.record_config)
+
+        async def explain_each():
+            return await asyncio.gather(*(explainer.explain(r) for r in records.records), return_exceptions=True)
+
+        for record, result in zip(records.records, asyncio.run(explain_each())):
+            if isinstance(result, Explanation) and result.text:
+                texts[record.latent] = result.text
+    return texts
+
+
 async def explain_all(explainer, records: Sequence[LatentRecord], done: dict[int, dict[str, Any]], store_one: Store1,
                       tick: Callable[[], None]) -> tuple[dict[int, Explanation], dict[int, str]]:
     """Explanations of every record: the stored ones reused, the rest computed concurrently and stored one by one."""

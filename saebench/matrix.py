@@ -250,9 +250,10 @@ def check_interp(m: Matrix, path: str | Path) -> None:
             resolve_llm(m, "scorer", s.llm, f"{path}: scorers[{i}]")
         elif s.llm is not None:
             raise ConfigError(f"scorer {s.name!r} does not use an LLM", f"{path}: scorers[{i}].llm")
-    if m.explainers and not interp:
-        raise ConfigError("explainers are set but no interpretability scorer uses them "
-                          "(add e.g. detection, fuzzing or embedding to scorers)", f"{path}: explainers")
+    naming = [s for s in m.scorers if getattr(registry.get("scorer", s.name), "uses_explanations", False)]
+    if m.explainers and not interp and not naming:
+        raise ConfigError("explainers are set but no scorer uses them "
+                          "(add e.g. detection, fuzzing, embedding or treeprobe to scorers)", f"{path}: explainers")
     from saebench.records import RecordConfig
 
     try:

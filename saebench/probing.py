@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from saebench.errors import ConfigError, DataError
+from saebench.metrics import Option
 
 TRAIN_FRACTION = 0.8
 
@@ -87,8 +88,8 @@ def make_task(spec: str | dict[str, Any], where: str) -> ProbeTask:
         raise ConfigError(f"a probe task is a name or {{name: ..., options: {{...}}}}, got {spec!r}", where)
     try:
         return plugin_manager.get("probe_task", name)(**options)
-    except SaebenchError as exc:
-        raise ConfigError(exc.problem, where) from None
+    except SaebenchError as exc:  # keep the task's own location (a file and line) after the matrix's
+        raise type(exc)(exc.problem, f"{where}: {exc.where}" if exc.where else where) from None
 
 
 @dataclass
@@ -158,6 +159,23 @@ class ProbeData:
         return (Path(folder) / "meta.json").is_file()
 
 
+#: options of every scorer that reads probe-task data (with the task, they key the shared cache)
+PROBE_DATA_OPTIONS = (
+    Option("context_length", int, 128, minimum=2, help="tokens per text (longer texts are cut)"),
+    Option("max_rows", int, 16384, minimum=16, help="at most this many labelled tokens per task"),
+)
+
+
+def encoder(sae: Any) -> Callable[[Tensor], Tensor]:
+    """``encode(x)``: the SAE's latents of raw activations, float32, without gradients."""
+
+    def encode(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return sae.encode(x.to(sae.W_dec.dtype)).float()
+
+    return encode
+
+
 def token_labels(strings: Sequence[str], spans: Sequence[tuple[int, int, str]]) -> list[str | None]:
     """The label of each token (see the module docstring), from the tokens' texts and the spans."""
     starts = sorted(spans)
@@ -225,6 +243,8 @@ def build_probe_data(
             rows += n
     if not texts:
         raise DataError(f"probe task {task.name!r} gave no usable examples ({seen} texts seen, {unaligned} unaligned)", task.name)
+    if len(texts) < 2:
+        raise DataError(f"probe task {task.name!r} gave {len(texts)} usable text(s); train and test need one each", task.name)
     if len(classes) < 2:
         raise DataError(f"probe task {task.name!r} has only {len(classes)} class(es); a probe needs two", task.name)
 

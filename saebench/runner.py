@@ -17,6 +17,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ class Runner:
         self.contexts: dict[str, torch.Tensor] = {}
         self.loaded: dict[str, Any] = {}  # checkpoints loaded by check_dimensions, handed to their cells
         self.report = RunReport()
+        self.probe_memo: dict[Path, Any] = {}
 
     # -- planning -----------------------------------------------------------------------------
     def n_eval_contexts(self) -> int:
@@ -160,6 +162,13 @@ class Runner:
             explainer.llm = self.llms.get(llm) if llm else None
             explainers.append((spec, explainer, llm))
         self.record_config = RecordConfig(**self.m.interp)
+        # probe scorers that name rules use the first explainer, else the LLM-free top-tokens one
+        first = explainers[0] if explainers else None
+        self.rule_explainer = ((first[0].name, first[1]) if first else
+                               ("top-tokens", self._construct("explainer", "top-tokens", {}, "explainers")))
+        rule_config = {"explainer": first[0].model_dump() if first else {"name": "top-tokens"},
+                       "llm": first[1].llm.identity if first and first[1].llm else None,
+                       "interp": self.record_config.model_dump()}
         cells = []
         for sae in self.m.saes:
             base = {"model": self.model_desc(self.models[sae.model]), "hookpoint": sae.hookpoint, "data": self.data_desc(),
@@ -168,6 +177,8 @@ class Runner:
                 if scorer.family == "interp":
                     continue
                 config = {**base, "scorer": spec.model_dump(exclude_none=True), "scorer_version": version("scorer", spec.name)}
+                if getattr(scorer, "uses_explanations", False):
+                    config["rules"] = rule_config
                 key = CellKey(sae.model, sae.hookpoint, sae.name, spec.name)
                 cells.append(Cell(key, sae, spec.name, scorer, config, _hash(config), stage=scorer.family))
             if not interp:
@@ -251,6 +262,27 @@ class Runner:
         label = f"activations {name} {part} [{', '.join(folders)}]"
         with self.progress.bar(label, total=int(contexts.numel()), unit="tok") as bar:
             build_caches(adapter, contexts, folders, describe={"model": name, "part": part}, progress=bar.update)
+
+    def probe_data(self, model: str, hookpoint: str, task: Any, *, context_length: int, max_rows: int):
+        """A probe task's activations at one hook point: from the cache, or one forward pass that fills
+        the cache of every hook point of ``model`` that this run scores."""
+        from saebench.probing import ProbeData, build_probe_data
+
+        spec = self.models[model]
+        key = cache_key(part="probe", model=self.model_desc(spec), task=task.identity(), context_length=context_length,
+                        max_rows=max_rows, seed=self.m.seed)
+        folder_of = lambda h: self.cache_dir / "probes" / f"{model}-{h}-{task.name}-{key}"  # noqa: E731
+        folder = folder_of(hookpoint)
+        if folder not in self.probe_memo:
+            if not ProbeData.exists(folder):
+                hooks = sorted({s.hookpoint for s in self.m.saes if s.model == model} | {hookpoint})
+                with self.progress.bar(f"probe data {task.name} ({model})", total=None, unit="text") as bar:
+                    built = build_probe_data(self.adapter(model), task, hooks, context_length=context_length,
+                                             max_rows=max_rows, seed=self.m.seed, progress=bar.update)
+                for h, data in built.items():
+                    data.save(folder_of(h))
+            self.probe_memo[folder] = ProbeData.load(folder)
+        return self.probe_memo[folder]
 
     def _trained(self, sae: SAESpec) -> bool:
         marker = self.trained_folder(sae) / TRAINED_MARKER
@@ -341,15 +373,30 @@ class Runner:
         cache = ActivationCache(self.eval_cache_folder(spec, sae_spec.hookpoint))
         sae = self.loaded.pop(sae_spec.name, None) or self.load_cell_sae(sae_spec)  # checked ones are kept
         tokens = cache.tokens()
+        interp = [c for c in group if c.stage in ("explain", "interp")]
+        if interp:  # before the probe cells, whose rules reuse the stored explanations
+            from saebench.interp_stage import InterpStage
+
+            InterpStage(self, store, run_id, sae_spec, sae, cache, bar).run(interp)
         for cell in (c for c in group if c.stage not in ("explain", "interp")):
             start = time.perf_counter()
             bar.set_description(f"cells: {cell.key.sae} × {cell.scorer_name}")
             try:
                 adapter = self.adapter(cell.key.model) if getattr(cell.scorer, "needs_model", False) else None
+                probe_data = explain = None
+                if cell.stage == "probe":
+                    probe_data = partial(self.probe_data, cell.key.model, cell.key.hookpoint)
+                    if getattr(cell.scorer, "uses_explanations", False):
+                        from saebench.interp_stage import explain_latents
+
+                        explain = partial(explain_latents, self, store, sae_spec, sae, cache)
                 inputs = EvalInputs(hookpoint=cell.key.hookpoint, activations=lambda bt, c=cache: c.batches(bt),
-                                    tokens=tokens, adapter=adapter, seed=self.m.seed)
+                                    tokens=tokens, adapter=adapter, seed=self.m.seed, probe_data=probe_data,
+                                    explain=explain)
                 result = cell.scorer.score(sae, inputs)
             except KeyboardInterrupt:
+                raise
+            except SaebenchError:  # bad input (a probe task's file, say): stop with exit 2; stored cells stay
                 raise
             except Exception as exc:  # one cell's failure is recorded; the others still run
                 error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
@@ -362,11 +409,6 @@ class Runner:
                                  seconds=time.perf_counter() - start, metrics=result.metrics, details=result.details)
                 self.report.done += 1
             bar.update(1)
-        interp = [c for c in group if c.stage in ("explain", "interp")]
-        if interp:
-            from saebench.interp_stage import InterpStage
-
-            InterpStage(self, store, run_id, sae_spec, sae, cache, bar).run(interp)
 
 
 def _by_sae(cells: list[Cell]) -> list[list[Cell]]:

@@ -1,0 +1,136 @@
+"""Sparse probing: how much of a task's labels a handful of SAE latents carry.
+
+Per probe task (default: ``text_source``, a label per passage, and ``python_syntax``, a label per
+token; see ``saebench plugins``), on the task's cached activations at the SAE's hook point:
+
+- ``dense``: a logistic probe on the raw activations (mean-pooled per text for sequence-level
+  tasks): the ceiling a probe on latents is compared with.
+- ``k{K}`` for K in ``ks``: the K latents whose mean activation on one class most exceeds their mean
+  on the other classes (SAEBench's one-vs-rest class-mean difference, maximised over classes; SAE
+  latents are non-negative, so a detector is a positive difference), chosen on the training split;
+  then a logistic probe on those latents alone. Test accuracy and macro F1.
+- ``probe_loss`` (Gao et al. 2024): per class (one-vs-rest; one problem for a binary task), the test
+  cross-entropy of the best 1-D logistic probe on a single latent (searched among the 256 latents
+  with the largest standardised class-mean difference), averaged over classes; lower is better. ``probe_loss_prior`` is the loss of predicting the class prior, its no-information level.
+- token-level tasks also report ``token_identity_accuracy``: the best a classifier that sees only the
+  token id can do; latents that merely echo the token cannot beat it.
+
+The leaderboard gets each metric's mean over tasks (``k1_accuracy``, ``dense_accuracy``...); each
+task's own values are in the details (``tasks.TASK.metrics``). Train and test hold disjoint texts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+import saebench
+from saebench.errors import ConfigError
+from saebench.linear_probe import (
+    class_mean_difference,
+    classification_metrics,
+    fit_logistic,
+    one_dim_probe_losses,
+    token_identity_baseline,
+)
+from saebench.metrics import Option
+from saebench.probing import PROBE_DATA_OPTIONS, ProbeData, encoder, make_task
+
+DEFAULT_TASKS = ["text_source", "python_syntax"]
+#: latents tried per class for the 1-D probe loss
+PROBE_LOSS_CANDIDATES = 256
+
+class SparseProbingScorer(saebench.Scorer):
+    """Sparse probing: logistic probes on the k most class-selective latents vs a dense probe, and 1-D probe loss."""
+
+    name = "sparse_probing"
+    family = "probe"
+    OPTIONS = (
+        Option("tasks", list, DEFAULT_TASKS, help="probe tasks: names or {name, options}"),
+        Option("ks", list, [1, 2, 5, 20], help="numbers of latents per sparse probe"),
+        Option("l2", float, 1e-3, minimum=0, help="L2 penalty of every probe (mean-CE objective)"),
+        *PROBE_DATA_OPTIONS,
+    )
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        if not self.tasks:
+            raise ConfigError("option 'tasks' is empty", f"scorer {self.name}")
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.ks):
+            raise ConfigError(f"option 'ks' must be a list of positive integers, got {self.ks!r}", f"scorer {self.name}")
+        self.task_objects = [make_task(t, f"scorer {self.name}: tasks[{i}]") for i, t in enumerate(self.tasks)]
+
+    def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
+        if inputs.probe_data is None:
+            raise ConfigError("this scorer needs probe-task data, which the runner provides", f"scorer {self.name}")
+        metrics: dict[str, float | None] = {}
+        details: dict[str, dict] = {}
+        per_task: list[dict[str, float | None]] = []
+        for task in self.task_objects:
+            data = inputs.probe_data(task, context_length=self.context_length, max_rows=self.max_rows)
+            start = time.perf_counter()
+            result = self.score_task(sae, data)
+            result["seconds"] = time.perf_counter() - start
+            per_task.append(result)
+            details[task.name] = {"metrics": result, "classes": data.classes, "data": data.stats}
+        for key in per_task[0]:
+            if key == "seconds":
+                continue
+            values = [r.get(key) for r in per_task]
+            if all(v is not None and not math.isnan(v) for v in values):
+                metrics[key] = sum(values) / len(values)
+        return saebench.ScoreResult(metrics=metrics, details={"tasks": details})
+
+    @torch.no_grad()
+    def score_task(self, sae: saebench.SAE, data: ProbeData) -> dict[str, float | None]:
+        train, test = data.train, ~data.train
+        y_tr, y_te = data.labels[train], data.labels[test]
+        C = data.n_classes
+        out: dict[str, float | None] = {}
+        dense = data.features()
+        probe = fit_logistic(dense[train], y_tr, C, l2=self.l2)
+        m = classification_metrics(probe.predict(dense[test]), y_te, C)
+        out["dense_accuracy"], out["dense_f1"] = m["accuracy"], m["f1"]
+        latents = data.features(encoder(sae))
+        diff = class_mean_difference(latents[train], y_tr, C).max(0).values
+        order = torch.argsort(diff, descending=True, stable=True)
+        for k in sorted(set(self.ks)):
+            chosen = order[:k]
+            probe = fit_logistic(latents[train][:, chosen], y_tr, C, l2=self.l2)
+            m = classification_metrics(probe.predict(latents[test][:, chosen]), y_te, C)
+            out[f"k{k}_accuracy"], out[f"k{k}_f1"] = m["accuracy"], m["f1"]
+        out["probe_loss"], out["probe_loss_prior"] = self.probe_loss(latents[train], y_tr, latents[test], y_te, C)
+        if data.level == "token":
+            pred = token_identity_baseline(data.token_ids[train], y_tr, data.token_ids[test], C)
+            out["token_identity_accuracy"] = classification_metrics(pred, y_te, C)["accuracy"]
+        return out
+
+    def probe_loss(self, x_tr, y_tr, x_te, y_te, C) -> tuple[float | None, float | None]:
+        # A 1-D probe has two parameters: the best one per class is searched among the latents with
+        # the largest standardised class-mean difference, which keeps this linear in d_sae.
+        std = x_tr.std(0)
+        live = std > 0
+        if not bool(live.any()):
+            return None, None
+        diff = class_mean_difference(x_tr, y_tr, C).abs() / torch.where(live, std, torch.ones_like(std)).double()
+        classes = [1] if C == 2 else range(C)
+        best, prior = [], []
+        for c in classes:
+            b_tr, b_te = (y_tr == c).long(), (y_te == c).long()
+            if int(b_tr.sum()) in (0, b_tr.numel()) or b_te.numel() == 0:
+                continue
+            cand = torch.topk(diff[c] * live, min(PROBE_LOSS_CANDIDATES, int(live.sum()))).indices
+            best.append(float(one_dim_probe_losses(x_tr[:, cand], b_tr, x_te[:, cand], b_te).min()))
+            p = float(b_tr.double().mean())
+            q = float(b_te.double().mean())
+            prior.append(-(q * math.log(p) + (1 - q) * math.log(1 - p)))
+        if not best:
+            return None, None
+        return sum(best) / len(best), sum(prior) / len(prior)
+
+
+@saebench.hookimpl
+def register_scorers(register):
+    register(SparseProbingScorer)

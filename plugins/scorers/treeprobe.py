@@ -1,0 +1,232 @@
+"""TreeProbe: a neural-backed decision tree (NBDT, SegNBDT) over SAE latents, per token.
+
+SegNBDT turns a segmentation network's per-pixel linear head into a decision tree whose inner
+nodes ask human-readable questions ("Is there a window?"). Here each token is the pixel, the SAE's
+latents are the features, and the questions are named from the latents' explanations:
+
+1. A logistic head on the latents for a token-level task (``head_accuracy``), beside a dense probe
+   on the raw activations (``dense_accuracy``) and the token-identity baseline (the best a classifier
+   that sees only the token id does): latents that merely echo the token cannot beat it.
+2. A hierarchy induced over the head's class rows (Ward clustering; an inner node's weight is the
+   mean of its leaves' rows), from the raw rows and from unit-normalised rows (``norm_*``).
+3. Soft inference (product of node softmaxes along a class's path) and hard inference (greedy
+   descent): ``tree_soft_accuracy``, ``tree_hard_accuracy``, ``tree_gap`` = head − hard tree (SegNBDT
+   loses 2–4 mIoU points to its network). With ``finetune_epochs`` > 0 the head is also fine-tuned
+   with the tree-supervision loss (−log path probability) and re-scored (``ft_*``).
+4. Per inner node, the fewest latents that carry 90% of the node's decision accuracy (on the
+   training tokens), named as a rule "Is there ⟨explanation⟩?" from the run's explainer (an LLM's
+   explanations when the matrix configures one, else the top-tokens explainer; failing both, the
+   task tokens where the latent is strongest).
+5. Faithfulness on test tokens: zeroing a node's rule latents flips its decisions
+   (``rule_flip_rate``) far more often than zeroing as many random latents of matched activation
+   frequency (``random_flip_rate``).
+
+Also: ``taxonomy_agreement`` of the induced tree with the task's reference hierarchy (triplet
+agreement; ``random_taxonomy_agreement`` is the same for random trees over the same classes, the
+control) and ``stability``: the mean triplet agreement between trees induced from heads fitted on
+bootstrap resamples of the training tokens with different seeds. The tree and its rules are in the
+details as JSON (``tasks.TASK.tree``), beside each task's metrics (``tasks.TASK.metrics``); the
+leaderboard gets their means over tasks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+import saebench
+from saebench import nbdt
+from saebench.errors import ConfigError
+from saebench.linear_probe import classification_metrics, fit_logistic, token_identity_baseline
+from saebench.metrics import Option
+from saebench.probing import PROBE_DATA_OPTIONS, ProbeData, encoder, make_task
+
+RANDOM_TREES = 20
+RANDOM_DRAWS = 5
+
+
+class TreeProbeScorer(saebench.Scorer):
+    """TreeProbe: an induced decision tree over a linear head on SAE latents, with rules named from explanations."""
+
+    name = "treeprobe"
+    family = "probe"
+    #: the runner passes ``inputs.explain`` and keys this scorer's cells by the explainer it uses
+    uses_explanations = True
+    OPTIONS = (
+        Option("tasks", list, ["python_syntax"], help="token-level probe tasks: names or {name, options}"),
+        Option("l2", float, 1e-3, minimum=0, help="L2 penalty of the heads (mean-CE objective)"),
+        Option("rule_target", float, 0.9, minimum=0, help="fraction of a node's accuracy its rule latents must keep"),
+        Option("max_rule_latents", int, 32, minimum=1, help="most latents a rule may use"),
+        Option("finetune_epochs", int, 100, minimum=0, help="tree-supervised fine-tuning steps (0: off)"),
+        Option("seeds", int, 3, minimum=1, help="bootstrap heads for the stability measure"),
+        *PROBE_DATA_OPTIONS,
+    )
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        if not 0 < self.rule_target <= 1:
+            raise ConfigError(f"option 'rule_target' must be in (0, 1], got {self.rule_target}", f"scorer {self.name}")
+        self.task_objects = [make_task(t, f"scorer {self.name}: tasks[{i}]") for i, t in enumerate(self.tasks)]
+        for i, task in enumerate(self.task_objects):
+            if task.level != "token":
+                raise ConfigError(f"task {task.name!r} labels whole texts; TreeProbe needs a token-level task",
+                                  f"scorer {self.name}: tasks[{i}]")
+
+    def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
+        if inputs.probe_data is None:
+            raise ConfigError("this scorer needs probe-task data, which the runner provides", f"scorer {self.name}")
+        metrics: dict[str, float | None] = {}
+        details: dict[str, Any] = {}
+        per_task = []
+        for task in self.task_objects:
+            data = inputs.probe_data(task, context_length=self.context_length, max_rows=self.max_rows)
+            if data.n_classes < 3:
+                raise ConfigError(f"task {task.name!r} has {data.n_classes} classes; a tree over fewer than 3 is trivial",
+                                  f"scorer {self.name}")
+            start = time.perf_counter()
+            result, detail = self.score_task(sae, data, inputs)
+            detail["seconds"] = time.perf_counter() - start
+            detail["metrics"] = result
+            per_task.append(result)
+            details[task.name] = detail
+        for key in per_task[0]:
+            values = [r.get(key) for r in per_task]
+            if all(v is not None and not math.isnan(v) for v in values):
+                metrics[key] = sum(values) / len(values)
+        return saebench.ScoreResult(metrics=metrics, details={"tasks": details})
+
+    @torch.no_grad()
+    def score_task(self, sae: saebench.SAE, data: ProbeData, inputs: saebench.EvalInputs):
+        tr, te = data.train, ~data.train
+        y_tr, y_te, C = data.labels[tr], data.labels[te], data.n_classes
+        out: dict[str, float | None] = {}
+        acc = lambda pred: classification_metrics(pred, y_te, C)["accuracy"]  # noqa: E731
+
+        dense = data.acts
+        out["dense_accuracy"] = acc(fit_logistic(dense[tr], y_tr, C, l2=self.l2).predict(dense[te]))
+        out["token_identity_accuracy"] = acc(token_identity_baseline(data.token_ids[tr], y_tr, data.token_ids[te], C))
+        x = data.features(encoder(sae))
+        x_tr, x_te = x[tr], x[te]
+        head = fit_logistic(x_tr, y_tr, C, l2=self.l2)
+        out["head_accuracy"] = acc(head.predict(x_te))
+        out["head_f1"] = classification_metrics(head.predict(x_te), y_te, C)["f1"]
+
+        tree = nbdt.induce_tree(head.weight, head.bias)
+        out["tree_soft_accuracy"] = acc(nbdt.soft_log_probs(tree, x_te).argmax(-1))
+        out["tree_hard_accuracy"] = acc(nbdt.hard_predict(tree, x_te))
+        out["tree_gap"] = out["head_accuracy"] - out["tree_hard_accuracy"]
+        norm = nbdt.induce_tree(head.weight, head.bias, normalise=True)
+        out["norm_tree_soft_accuracy"] = acc(nbdt.soft_log_probs(norm, x_te).argmax(-1))
+        out["norm_tree_hard_accuracy"] = acc(nbdt.hard_predict(norm, x_te))
+        if self.finetune_epochs:
+            with torch.enable_grad():
+                w, b = nbdt.finetune_head(head.weight, head.bias, x_tr, y_tr, epochs=self.finetune_epochs, seed=0)
+            ft = nbdt.induce_tree(w, b)
+            out["ft_head_accuracy"] = acc((x_te @ w.T + b).argmax(-1))
+            out["ft_tree_soft_accuracy"] = acc(nbdt.soft_log_probs(ft, x_te).argmax(-1))
+            out["ft_tree_hard_accuracy"] = acc(nbdt.hard_predict(ft, x_te))
+
+        nodes, rule_info = self.rules(tree, x_tr, y_tr, x_te, y_te, x, data, inputs)
+        sizes = [len(n["latents"]) for n in nodes.values()]
+        out["rule_latents_per_node"] = sum(sizes) / len(sizes) if sizes else None
+        flips = [n["flip_rate"] for n in nodes.values() if n["flip_rate"] is not None]
+        controls = [n["random_flip_rate"] for n in nodes.values() if n["random_flip_rate"] is not None]
+        out["rule_flip_rate"] = sum(flips) / len(flips) if flips else None
+        out["random_flip_rate"] = sum(controls) / len(controls) if controls else None
+
+        reference = data.taxonomy
+        leaves = data.classes
+        if reference:
+            named = _named(tree, leaves)
+            out["taxonomy_agreement"] = nbdt.triplet_agreement(named, reference, leaves)
+            randoms = [nbdt.triplet_agreement(_named(nbdt.random_tree(C, head.weight, head.bias, seed=s), leaves),
+                                              reference, leaves) for s in range(RANDOM_TREES)]
+            randoms = [r for r in randoms if r is not None]
+            out["random_taxonomy_agreement"] = sum(randoms) / len(randoms) if randoms else None
+        out["stability"] = self.stability(tree, x_tr, y_tr, C)
+        detail = {
+            "classes": data.classes,
+            "class_counts": {"train": torch.bincount(y_tr, minlength=C).tolist(), "test": torch.bincount(y_te, minlength=C).tolist()},
+            "data": data.stats,
+            "tree": tree.to_dict(data.classes, nodes),
+            "rule_names_from": rule_info,
+        }
+        return out, detail
+
+    def rules(self, tree, x_tr, y_tr, x_te, y_te, x_all, data: ProbeData, inputs) -> tuple[dict[int, dict], str]:
+        frequency = (x_all != 0).float().mean(0)
+        nodes: dict[int, dict] = {}
+        for i in range(len(tree.children)):
+            node = tree.n_classes + i
+            rule = nbdt.rule_latents(tree, x_tr, y_tr, node, target=self.rule_target, max_latents=self.max_rule_latents)
+            latents = rule["latents"]
+            flip = nbdt.flip_rate(tree, x_te, y_te, node, latents) if latents else None
+            controls = []
+            for draw in range(RANDOM_DRAWS):
+                other = nbdt.matched_random(latents, frequency, exclude=latents, seed=draw)
+                if other:
+                    controls.append(nbdt.flip_rate(tree, x_te, y_te, node, other))
+            nodes[node] = {**rule, "flip_rate": flip,
+                           "random_flip_rate": sum(controls) / len(controls) if controls else None}
+        wanted = sorted({j for n in nodes.values() for j in n["latents"]})
+        texts: dict[int, str] = {}
+        source = "task tokens"
+        if wanted and inputs.explain is not None:
+            texts = {j: t for j, t in inputs.explain(wanted).items() if t}
+            source = "explainer"
+        fallback = _strongest_tokens(x_all, data, [j for j in wanted if j not in texts])
+        for node, info in nodes.items():
+            info["explanations"] = {str(j): texts.get(j) or fallback.get(j) for j in info["latents"]}
+            top = info["latents"][0] if info["latents"] else None
+            info["rule"] = f"Is there {info['explanations'][str(top)]}?" if top is not None else None
+        return nodes, source
+
+    def stability(self, tree, x_tr, y_tr, C) -> float | None:
+        if self.seeds < 2:
+            return None
+        trees = []
+        for seed in range(self.seeds):
+            g = torch.Generator().manual_seed(seed)
+            idx = torch.randint(0, x_tr.shape[0], (x_tr.shape[0],), generator=g)
+            head = fit_logistic(x_tr[idx], y_tr[idx], C, l2=self.l2)
+            trees.append(nbdt.induce_tree(head.weight, head.bias))
+        leaves = list(range(C))
+        pairs = [nbdt.triplet_agreement(a, b, leaves) for i, a in enumerate(trees) for b in trees[i + 1 :]]
+        pairs = [p for p in pairs if p is not None]
+        return sum(pairs) / len(pairs) if pairs else None
+
+
+def _named(tree: "nbdt.Tree", names: list[str]) -> dict[str, str]:
+    """A tree as a {child: parent} map over class names (inner nodes named by id)."""
+    out = {}
+    for i, (a, b) in enumerate(tree.children):
+        parent = f"node{tree.n_classes + i}"
+        for child in (a, b):
+            out[names[child] if child < tree.n_classes else f"node{child}"] = parent
+    return out
+
+
+def _strongest_tokens(x: torch.Tensor, data: ProbeData, latents: list[int], n: int = 5) -> dict[int, str]:
+    """'tokens: "def", " class"': the task tokens with the highest mean activation of each latent."""
+    out = {}
+    ids = data.token_ids
+    for j in latents:
+        col = x[:, j]
+        fired = col > 0
+        if not bool(fired.any()):
+            continue
+        sums = torch.zeros(int(ids.max()) + 1).index_add_(0, ids[fired], col[fired])
+        counts = torch.bincount(ids[fired], minlength=sums.numel()).clamp_min(1)
+        means = sums / counts
+        top = torch.argsort(means, descending=True)[:n]
+        words = [repr(data.token_text.get(int(t), str(int(t)))) for t in top if means[t] > 0]
+        out[j] = "tokens " + ", ".join(words)
+    return out
+
+
+@saebench.hookimpl
+def register_scorers(register):
+    register(TreeProbeScorer)
