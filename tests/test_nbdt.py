@@ -397,3 +397,20 @@ def test_matched_random_same_bin_and_excluded():
     assert matched_random([4], tiny, exclude=[5], n_bins=3) in ([2], [3])
     with pytest.raises(ValueError):
         matched_random([0], tiny, exclude=[1, 2, 3, 4, 5], n_bins=3)
+
+
+def test_rule_is_not_empty_when_the_bias_alone_scores_above_target():
+    # node 3 separates class 0 (95% of its tokens) from class 1; feature 0 marks class 1, the bias
+    # favours class 0: the bias alone gets 0.95 ≥ 0.9 × 1.0, but explains nothing
+    n = 400
+    y = torch.zeros(n, dtype=torch.long)
+    y[:20] = 1
+    x = torch.zeros(n, 3)
+    x[:20, 0] = 1.0
+    x[:, 1] = torch.rand(n, generator=torch.Generator().manual_seed(0))  # uninformative
+    weight = torch.tensor([[0.0, 0, 0], [4.0, 0, 0], [0.0, 0, 1]])
+    bias = torch.tensor([1.0, -1.0, -5.0])
+    tree = build_tree([(0, 1), (3, 2)], weight, bias)
+    rule = rule_latents(tree, x, y, 3, target=0.9)
+    assert rule["bias_accuracy"] == pytest.approx(0.95) and rule["accuracy"] == 1.0
+    assert rule["latents"] == [0] and rule["reached_target"]

@@ -14,7 +14,7 @@ latents are the features, and the questions are named from the latents' explanat
    loses 2–4 mIoU points to its network). With ``finetune_epochs`` > 0 the head is also fine-tuned
    with the tree-supervision loss (−log path probability) and re-scored (``ft_*``).
 4. Per inner node, the fewest latents that carry 90% of the node's decision accuracy (on the
-   training tokens), named as a rule "Is there ⟨explanation⟩?" from the run's explainer (an LLM's
+   training tokens; 90% of what the latents add over the node's bias alone), named as a rule "Is there ⟨explanation⟩?" from the run's explainer (an LLM's
    explanations when the matrix configures one, else the top-tokens explainer; failing both, the
    task tokens where the latent is strongest).
 5. Faithfulness on test tokens: zeroing a node's rule latents flips its decisions
@@ -124,7 +124,7 @@ class TreeProbeScorer(saebench.Scorer):
         if self.finetune_epochs:
             with torch.enable_grad():
                 w, b = nbdt.finetune_head(head.weight, head.bias, x_tr, y_tr, epochs=self.finetune_epochs, seed=0)
-            ft = nbdt.induce_tree(w, b)
+            ft = nbdt.build_tree(tree.children, w, b)  # the hierarchy the fine-tuning was supervised with
             out["ft_head_accuracy"] = acc((x_te @ w.T + b).argmax(-1))
             out["ft_tree_soft_accuracy"] = acc(nbdt.soft_log_probs(ft, x_te).argmax(-1))
             out["ft_tree_hard_accuracy"] = acc(nbdt.hard_predict(ft, x_te))
@@ -163,12 +163,11 @@ class TreeProbeScorer(saebench.Scorer):
             node = tree.n_classes + i
             rule = nbdt.rule_latents(tree, x_tr, y_tr, node, target=self.rule_target, max_latents=self.max_rule_latents)
             latents = rule["latents"]
-            flip = nbdt.flip_rate(tree, x_te, y_te, node, latents) if latents else None
+            flip = _finite(nbdt.flip_rate(tree, x_te, y_te, node, latents)) if latents else None
             controls = []
-            for draw in range(RANDOM_DRAWS):
+            for draw in range(RANDOM_DRAWS if flip is not None else 0):
                 other = nbdt.matched_random(latents, frequency, exclude=latents, seed=draw)
-                if other:
-                    controls.append(nbdt.flip_rate(tree, x_te, y_te, node, other))
+                controls.append(nbdt.flip_rate(tree, x_te, y_te, node, other))
             nodes[node] = {**rule, "flip_rate": flip,
                            "random_flip_rate": sum(controls) / len(controls) if controls else None}
         wanted = sorted({j for n in nodes.values() for j in n["latents"]})
@@ -197,6 +196,10 @@ class TreeProbeScorer(saebench.Scorer):
         pairs = [nbdt.triplet_agreement(a, b, leaves) for i, a in enumerate(trees) for b in trees[i + 1 :]]
         pairs = [p for p in pairs if p is not None]
         return sum(pairs) / len(pairs) if pairs else None
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
 
 
 def _named(tree: "nbdt.Tree", names: list[str]) -> dict[str, str]:
