@@ -71,7 +71,7 @@ def summary_markdown() -> str:
         best = max((r.flops / r.median_s for r in ceiling), default=None)
         naive = next((r for r in rows if r.role == "naive"), None)
         peer = next((r for r in rows if r.role == "peer"), None)
-        lines += [f"### {g}", "", "| implementation | median ms | GFLOP/s | tokens/s | % of best GEMM | × naive | × sae-lens |",
+        lines += [f"### {g}", "", "| implementation | median ms | GFLOP/s | tokens/s | % of best GEMM | × naive | × peer |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in rows:
             gf = r.flops / r.median_s / 1e9 if r.flops else float("nan")

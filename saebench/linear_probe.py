@@ -160,3 +160,18 @@ def token_identity_baseline(train_ids: Tensor, train_y: Tensor, test_ids: Tensor
         counts.setdefault(tok, torch.zeros(n_classes, dtype=torch.long))[lab] += 1
     best = {tok: int(c.argmax()) for tok, c in counts.items()}
     return torch.tensor([best.get(t, majority) for t in test_ids.tolist()], dtype=torch.long)
+
+
+def dense_probe(data, l2: float) -> dict[str, float]:
+    """Test metrics of a probe on a ProbeData's raw activations (mean-pooled per text for sequence
+    tasks): the ceiling a probe on SAE latents is compared with."""
+    x = data.features()
+    probe = fit_logistic(x[data.train], data.labels[data.train], data.n_classes, l2=l2)
+    return classification_metrics(probe.predict(x[~data.train]), data.labels[~data.train], data.n_classes)
+
+
+def token_identity(data) -> dict[str, float]:
+    """Test metrics of the token-identity baseline on a token-level ProbeData."""
+    tr = data.train
+    pred = token_identity_baseline(data.token_ids[tr], data.labels[tr], data.token_ids[~tr], data.n_classes)
+    return classification_metrics(pred, data.labels[~tr], data.n_classes)

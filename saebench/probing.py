@@ -30,6 +30,8 @@ from saebench.errors import ConfigError, DataError
 from saebench.metrics import Option
 
 TRAIN_FRACTION = 0.8
+#: bumped when what build_probe_data keeps changes (it keys the runner's cache)
+PROBE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,14 @@ class ProbeData:
     token_text: dict[int, str] = field(default_factory=dict)
     taxonomy: dict[str, str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per ``key`` for this data: for what depends on the task's activations
+        alone (a dense probe), not on the SAE, so every SAE cell of a run shares it."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
 
     @property
     def n_classes(self) -> int:
@@ -121,14 +131,19 @@ class ProbeData:
         """[len(labels), width]: ``encode(acts)`` (identity when None), mean-pooled per text for a
         sequence-level task. Encoding is batched; pooling happens after encoding (the mean of the
         latents, not the latents of the mean)."""
-        parts = [encode(self.acts[i : i + batch]) if encode else self.acts[i : i + batch]
-                 for i in range(0, self.acts.shape[0], batch)]
-        rows = torch.cat(parts) if parts else self.acts.new_zeros(0, self.acts.shape[1])
-        if self.level == "token":
-            return rows
         n = self.labels.shape[0]
-        sums = rows.new_zeros(n, rows.shape[1]).index_add_(0, self.sequence, rows)
-        counts = torch.bincount(self.sequence, minlength=n).clamp_min(1).to(rows.dtype)
+        parts, sums = [], None
+        for i in range(0, self.acts.shape[0], batch):
+            rows = encode(self.acts[i : i + batch]) if encode else self.acts[i : i + batch]
+            if self.level == "token":
+                parts.append(rows)
+                continue
+            if sums is None:  # pooled batch by batch: a sequence task's rows never all sit in memory encoded
+                sums = rows.new_zeros(n, rows.shape[1])
+            sums.index_add_(0, self.sequence[i : i + batch], rows)
+        if self.level == "token":
+            return torch.cat(parts) if parts else self.acts.new_zeros(0, self.acts.shape[1])
+        counts = torch.bincount(self.sequence, minlength=n).clamp_min(1).to(sums.dtype)
         return sums / counts[:, None]
 
     def save(self, folder: Path) -> None:
@@ -162,7 +177,7 @@ class ProbeData:
 #: options of every scorer that reads probe-task data (with the task, they key the shared cache)
 PROBE_DATA_OPTIONS = (
     Option("context_length", int, 128, minimum=2, help="tokens per text (longer texts are cut)"),
-    Option("max_rows", int, 16384, minimum=16, help="at most this many labelled tokens per task"),
+    Option("max_rows", int, 16384, minimum=16, help="at most this many labelled tokens (texts, for a sequence task) per task"),
 )
 
 
@@ -210,8 +225,8 @@ def build_probe_data(
     """Run ``adapter`` once over ``task``'s texts; a ProbeData per hook point.
 
     Texts are truncated to ``context_length`` tokens (BOS included); collection stops after
-    ``max_texts`` texts or once ``max_rows`` rows (labelled tokens, or tokens of sequence-level
-    texts) are held. A text whose token strings do not spell it (a tokenizer that normalises)
+    ``max_texts`` texts or once ``max_rows`` labelled rows (tokens of a token-level task, texts of a
+    sequence-level one) are held. A text whose token strings do not spell it (a tokenizer that normalises)
     is skipped and counted in ``stats["unaligned"]``.
     """
     bos = adapter.bos_token_id
@@ -230,7 +245,7 @@ def build_probe_data(
             if ex.label is None:
                 raise DataError(f"probe task {task.name!r} yielded a text without a label", task.name)
             texts.append((ids, classes.setdefault(ex.label, len(classes))))
-            rows += len(ids)
+            rows += 1  # a sequence task's labelled row is the text
             continue
         strings = adapter.token_strings(ids)
         if not ex.text.startswith("".join(strings)):

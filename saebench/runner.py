@@ -266,11 +266,11 @@ class Runner:
     def probe_data(self, model: str, hookpoint: str, task: Any, *, context_length: int, max_rows: int):
         """A probe task's activations at one hook point: from the cache, or one forward pass that fills
         the cache of every hook point of ``model`` that this run scores."""
-        from saebench.probing import ProbeData, build_probe_data
+        from saebench.probing import PROBE_FORMAT, ProbeData, build_probe_data
 
         spec = self.models[model]
-        key = cache_key(part="probe", model=self.model_desc(spec), task=task.identity(), context_length=context_length,
-                        max_rows=max_rows, seed=self.m.seed)
+        key = cache_key(part="probe", format=PROBE_FORMAT, model=self.model_desc(spec), task=task.identity(),
+                        context_length=context_length, max_rows=max_rows, seed=self.m.seed)
         folder_of = lambda h: self.cache_dir / "probes" / f"{model}-{h}-{task.name}-{key}"  # noqa: E731
         folder = folder_of(hookpoint)
         if folder not in self.probe_memo:

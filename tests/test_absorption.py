@@ -217,11 +217,11 @@ def planted():
     for absorb in (True, False):
         sae = planted_sae(letter_dirs, [extra[j] for j in range(n_abs)], absorb)
         results[absorb] = scorer.score(sae, inputs)
-    return results, absorbed_test, latent_of, words
+    return results, absorbed_test, latent_of, words, adapter, inputs, opts
 
 
 def test_planted_main_latents_and_full_absorption(planted):
-    results, absorbed_test, latent_of, words = planted
+    results, absorbed_test, latent_of, words, *_ = planted
     r = results[True]
     m, d = r.metrics, r.details
     json.dumps(r.model_dump())  # storable
@@ -250,7 +250,7 @@ def test_planted_main_latents_and_full_absorption(planted):
 def test_planted_control_without_absorption(planted):
     results, *_ = planted
     m, d = results[False].metrics, results[False].details
-    assert m["probe_reliable"] == 1.0
+    assert m["probe_reliable"] == 1.0 and m["latents_reliable"] == 1.0 and "latent_warning" not in d
     assert m["mean_absorption_fraction"] < 0.01 and m["full_absorption_rate"] == 0.0
     assert d["letters"]["s"]["main_latents"] == [LETTERS.index("s")]
     assert not d["letters"]["s"]["absorbed_examples"]
@@ -285,6 +285,8 @@ def test_tiny_llama_end_to_end(tiny_llama):
     # a random 2-layer model does not know first letters: the probe is weak and the result says so
     assert m["probe_accuracy"] < 0.6
     assert m["probe_reliable"] == 0.0 and "too weak" in d["warning"]
+    if m["latents_reliable"] == 0.0:  # a random SAE has no first-letter latents
+        assert "no first-letter latents" in d["latent_warning"]
     assert scorer.score(sae, inputs).metrics == m  # deterministic
 
 
@@ -321,3 +323,15 @@ def test_bad_options_raise_config_error(options):
 def test_good_options_are_accepted():
     s = AbsorptionScorer(max_word_tokens=3, test_fraction=0.3, f1_jump_threshold=0, min_probe_accuracy=1)
     assert s.max_word_tokens == 3 and s.f1_jump_threshold == 0.0 and s.min_probe_accuracy == 1.0
+
+
+def test_an_sae_without_letter_latents_is_flagged(planted):
+    """Main latents that do not detect their letters make absorption meaningless: say so."""
+    *_, adapter, inputs, opts = planted
+    g = torch.Generator().manual_seed(5)
+    d_in = adapter.d_model(inputs.hookpoint)
+    weights = {"W_enc": torch.randn(d_in, 64, generator=g), "W_dec": torch.randn(64, d_in, generator=g),
+               "b_enc": torch.full((64,), -50.0), "b_dec": torch.zeros(d_in)}  # nothing ever fires
+    sae = saebench.build_sae("relu", weights, hook_name=inputs.hookpoint)
+    result = AbsorptionScorer(**opts).score(sae, inputs)
+    assert result.metrics["latents_reliable"] == 0.0 and "no first-letter latents" in result.details["latent_warning"]

@@ -58,6 +58,10 @@ Metrics:
   the test F1 of the chosen k-sparse probe (letters whose F1 is undefined, no test word and no
   positive prediction, are left out of the latter).
 
+- ``latents_reliable``: 1.0 when ``mean_sparse_probe_f1`` ≥ ``min_sparse_probe_f1`` (0.3), else 0.0
+  and ``details["latent_warning"]``: an SAE without first-letter latents (e.g. one trained on
+  little or unrelated text) shows no absorption because there is nothing to absorb into.
+
 A metric with nothing to average is None. **Weak subject models:** absorption is only meaningful
 when the model linearly represents the first letter. When ``probe_accuracy`` is below
 ``min_probe_accuracy`` the metrics are still computed, but ``probe_reliable`` is 0.0 and
@@ -215,6 +219,8 @@ class AbsorptionScorer(saebench.Scorer):
                help="full absorption: min absorber projection / act_proj"),
         Option("main_inactive_threshold", float, 1e-8, minimum=0.0, help="full absorption: main latents below this"),
         Option("min_probe_accuracy", float, 0.6, minimum=0.0, help="probe accuracy below this: probe_reliable = 0"),
+        Option("min_sparse_probe_f1", float, 0.3, minimum=0.0,
+               help="main latents' mean k-sparse F1 below this: latents_reliable = 0"),
         Option("batch_prompts", int, 16, minimum=1, help="prompts per forward pass"),
         Option("encode_batch", int, 256, minimum=1, help="activations encoded by the SAE at once"),
         Option("max_examples", int, 10, minimum=0, help="absorbed words listed per letter in details"),
@@ -222,6 +228,7 @@ class AbsorptionScorer(saebench.Scorer):
 
     def __init__(self, **options):
         super().__init__(**options)
+        self._memo: dict[tuple, Tensor] = {}
         where = f"scorer {self.name}"
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"option 'test_fraction' must be strictly between 0 and 1, got {self.test_fraction!r}", where)
@@ -301,7 +308,12 @@ class AbsorptionScorer(saebench.Scorer):
             raise ShapeError(f"the SAE expects d_in={sae.cfg.d_in} but {inputs.hookpoint} has width "
                              f"{adapter.d_model(inputs.hookpoint)}", inputs.hookpoint)
 
-        acts = self._activations(adapter, inputs.hookpoint, train + test, train, seed).to(torch.float64)
+        # the prompts' activations depend on the model, not the SAE: one forward pass serves every SAE cell
+        key = (getattr(adapter, "model_id", id(adapter)), inputs.hookpoint, tuple(train), tuple(test), seed)
+        if key not in self._memo:
+            self._memo.clear()
+            self._memo[key] = self._activations(adapter, inputs.hookpoint, train + test, train, seed)
+        acts = self._memo[key].to(torch.float64)
         x_train, x_test = acts[: len(train)], acts[len(train):]
         y_train = torch.tensor([cls[w[0]] for w in train])
         y_test = torch.tensor([cls[w[0]] for w in test])
@@ -418,6 +430,8 @@ class AbsorptionScorer(saebench.Scorer):
             "mean_main_latents": _mean(main_counts),
             "mean_sparse_probe_f1": _mean(sparse_f1s),
         }
+        sparse_f1 = metrics["mean_sparse_probe_f1"]
+        metrics["latents_reliable"] = 1.0 if sparse_f1 is not None and sparse_f1 >= self.min_sparse_probe_f1 else 0.0
         details: dict = {
             "words": {"vocabulary": len(words), "train": len(train), "test": len(test)},
             "letters_skipped": [c for c in LETTERS if c not in cls],
@@ -430,6 +444,11 @@ class AbsorptionScorer(saebench.Scorer):
                 f"the ground-truth probe's test accuracy {probe_accuracy:.3f} is below min_probe_accuracy="
                 f"{self.min_probe_accuracy:g}: the subject model's first-letter probe is too weak for the absorption "
                 f"numbers to mean much")
+        if not metrics["latents_reliable"]:
+            details["latent_warning"] = (
+                f"the main latents detect their letters poorly (mean k-sparse probe F1 {sparse_f1 or 0:.3f} < "
+                f"min_sparse_probe_f1={self.min_sparse_probe_f1:g}): this SAE has no first-letter latents for "
+                f"absorption to be measured against, so an absorption of 0 says nothing")
         return saebench.ScoreResult(metrics=metrics, details=details)
 
 

@@ -31,9 +31,10 @@ from saebench.errors import ConfigError
 from saebench.linear_probe import (
     class_mean_difference,
     classification_metrics,
+    dense_probe,
     fit_logistic,
     one_dim_probe_losses,
-    token_identity_baseline,
+    token_identity,
 )
 from saebench.metrics import Option
 from saebench.probing import PROBE_DATA_OPTIONS, ProbeData, encoder, make_task
@@ -89,9 +90,7 @@ class SparseProbingScorer(saebench.Scorer):
         y_tr, y_te = data.labels[train], data.labels[test]
         C = data.n_classes
         out: dict[str, float | None] = {}
-        dense = data.features()
-        probe = fit_logistic(dense[train], y_tr, C, l2=self.l2)
-        m = classification_metrics(probe.predict(dense[test]), y_te, C)
+        m = data.cached(("dense", self.l2), lambda: dense_probe(data, self.l2))
         out["dense_accuracy"], out["dense_f1"] = m["accuracy"], m["f1"]
         latents = data.features(encoder(sae))
         diff = class_mean_difference(latents[train], y_tr, C).max(0).values
@@ -103,8 +102,7 @@ class SparseProbingScorer(saebench.Scorer):
             out[f"k{k}_accuracy"], out[f"k{k}_f1"] = m["accuracy"], m["f1"]
         out["probe_loss"], out["probe_loss_prior"] = self.probe_loss(latents[train], y_tr, latents[test], y_te, C)
         if data.level == "token":
-            pred = token_identity_baseline(data.token_ids[train], y_tr, data.token_ids[test], C)
-            out["token_identity_accuracy"] = classification_metrics(pred, y_te, C)["accuracy"]
+            out["token_identity_accuracy"] = data.cached("token_identity", lambda: token_identity(data))["accuracy"]
         return out
 
     def probe_loss(self, x_tr, y_tr, x_te, y_te, C) -> tuple[float | None, float | None]:

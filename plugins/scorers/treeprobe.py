@@ -40,7 +40,7 @@ import torch
 import saebench
 from saebench import nbdt
 from saebench.errors import ConfigError
-from saebench.linear_probe import classification_metrics, fit_logistic, token_identity_baseline
+from saebench.linear_probe import classification_metrics, dense_probe, fit_logistic, token_identity
 from saebench.metrics import Option
 from saebench.probing import PROBE_DATA_OPTIONS, ProbeData, encoder, make_task
 
@@ -105,9 +105,8 @@ class TreeProbeScorer(saebench.Scorer):
         out: dict[str, float | None] = {}
         acc = lambda pred: classification_metrics(pred, y_te, C)["accuracy"]  # noqa: E731
 
-        dense = data.acts
-        out["dense_accuracy"] = acc(fit_logistic(dense[tr], y_tr, C, l2=self.l2).predict(dense[te]))
-        out["token_identity_accuracy"] = acc(token_identity_baseline(data.token_ids[tr], y_tr, data.token_ids[te], C))
+        out["dense_accuracy"] = data.cached(("dense", self.l2), lambda: dense_probe(data, self.l2))["accuracy"]
+        out["token_identity_accuracy"] = data.cached("token_identity", lambda: token_identity(data))["accuracy"]
         x = data.features(encoder(sae))
         x_tr, x_te = x[tr], x[te]
         head = fit_logistic(x_tr, y_tr, C, l2=self.l2)
