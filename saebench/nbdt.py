@@ -302,7 +302,8 @@ def tree_loss(tree: Tree, X: Tensor, y: Tensor) -> Tensor:
 
 def finetune_head(weight: Tensor, bias: Tensor, X: Tensor, y: Tensor, *, epochs: int = 50,
                   lr: float = 1e-2, tree_weight: float = 1.0, normalise: bool = False, seed: int = 0,
-                  batch_size: int | None = None) -> tuple[Tensor, Tensor]:
+                  batch_size: int | None = None,
+                  children: Sequence[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
     """Finetune a head with cross-entropy + ``tree_weight`` x the tree supervision loss.
 
     The hierarchy is induced once from the initial head and kept fixed; every step recomputes the
@@ -311,9 +312,11 @@ def finetune_head(weight: Tensor, bias: Tensor, X: Tensor, y: Tensor, *, epochs:
     minibatches (``seed`` orders them) when ``X`` is too large for a full-batch graph. Returns the new
     ``(weight, bias)``; the finetuned tree is ``build_tree(tree.children, new_weight, new_bias, normalise)``
     with ``tree = induce_tree(weight, bias, normalise)`` (re-inducing may give another hierarchy).
+    ``children`` supervises with a given hierarchy instead of the one induced from ``weight``.
     """
     y = y.long()
-    children = induce_tree(weight, bias, normalise).children
+    if children is None:
+        children = induce_tree(weight, bias, normalise).children
     k = weight.shape[0]
     mean = _mean_matrix(k, children, weight.dtype, weight.device)
     skeleton = Tree(k, children, torch.zeros(2 * k - 1, 0), torch.zeros(2 * k - 1), normalise)

@@ -7,8 +7,9 @@ latents are the features, and the questions are named from the latents' explanat
 1. A logistic head on the latents for a token-level task (``head_accuracy``), beside a dense probe
    on the raw activations (``dense_accuracy``) and the token-identity baseline (the best a classifier
    that sees only the token id does): latents that merely echo the token cannot beat it.
-2. A hierarchy induced over the head's class rows (Ward clustering; an inner node's weight is the
-   mean of its leaves' rows), from the raw rows and from unit-normalised rows (``norm_*``).
+2. A hierarchy induced over the head's class rows (Ward clustering of the rows in the units the
+   head is fitted in, standardised latents; an inner node's weight is the mean of its leaves' rows),
+   from the rows as they are and from unit-normalised rows (``norm_*``).
 3. Soft inference (product of node softmaxes along a class's path) and hard inference (greedy
    descent): ``tree_soft_accuracy``, ``tree_hard_accuracy``, ``tree_gap`` = head − hard tree (SegNBDT
    loses 2–4 mIoU points to its network). With ``finetune_epochs`` > 0 the head is also fine-tuned
@@ -113,16 +114,21 @@ class TreeProbeScorer(saebench.Scorer):
         out["head_accuracy"] = acc(head.predict(x_te))
         out["head_f1"] = classification_metrics(head.predict(x_te), y_te, C)["f1"]
 
-        tree = nbdt.induce_tree(head.weight, head.bias)
+        scale = _scale(x_tr)
+        tree = _induce(head.weight, head.bias, scale)
         out["tree_soft_accuracy"] = acc(nbdt.soft_log_probs(tree, x_te).argmax(-1))
         out["tree_hard_accuracy"] = acc(nbdt.hard_predict(tree, x_te))
         out["tree_gap"] = out["head_accuracy"] - out["tree_hard_accuracy"]
-        norm = nbdt.induce_tree(head.weight, head.bias, normalise=True)
-        out["norm_tree_soft_accuracy"] = acc(nbdt.soft_log_probs(norm, x_te).argmax(-1))
-        out["norm_tree_hard_accuracy"] = acc(nbdt.hard_predict(norm, x_te))
+        # normalised rows (NBDT's variant) in the head's own units: standardised latents
+        mean = x_tr.mean(0)
+        norm = nbdt.induce_tree(head.weight * scale, head.bias + head.weight @ mean, normalise=True)
+        z_te = (x_te - mean) / scale
+        out["norm_tree_soft_accuracy"] = acc(nbdt.soft_log_probs(norm, z_te).argmax(-1))
+        out["norm_tree_hard_accuracy"] = acc(nbdt.hard_predict(norm, z_te))
         if self.finetune_epochs:
             with torch.enable_grad():
-                w, b = nbdt.finetune_head(head.weight, head.bias, x_tr, y_tr, epochs=self.finetune_epochs, seed=0)
+                w, b = nbdt.finetune_head(head.weight, head.bias, x_tr, y_tr, epochs=self.finetune_epochs, seed=0,
+                                          children=tree.children)
             ft = nbdt.build_tree(tree.children, w, b)  # the hierarchy the fine-tuning was supervised with
             out["ft_head_accuracy"] = acc((x_te @ w.T + b).argmax(-1))
             out["ft_tree_soft_accuracy"] = acc(nbdt.soft_log_probs(ft, x_te).argmax(-1))
@@ -190,11 +196,25 @@ class TreeProbeScorer(saebench.Scorer):
             g = torch.Generator().manual_seed(seed)
             idx = torch.randint(0, x_tr.shape[0], (x_tr.shape[0],), generator=g)
             head = fit_logistic(x_tr[idx], y_tr[idx], C, l2=self.l2)
-            trees.append(nbdt.induce_tree(head.weight, head.bias))
+            trees.append(_induce(head.weight, head.bias, _scale(x_tr[idx])))
         leaves = list(range(C))
         pairs = [nbdt.triplet_agreement(a, b, leaves) for i, a in enumerate(trees) for b in trees[i + 1 :]]
         pairs = [p for p in pairs if p is not None]
         return sum(pairs) / len(pairs) if pairs else None
+
+
+def _scale(x: torch.Tensor) -> torch.Tensor:
+    std = x.std(0, unbiased=False)
+    return torch.where(std > 1e-8, std, torch.ones_like(std))
+
+
+def _induce(weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor) -> "nbdt.Tree":
+    """The induced tree of a head: Ward clustering of its rows in the units it was fitted in
+    (standardised latents; in raw units a rarely firing latent's large weight would dominate the
+    distances), node weights kept in raw units (averaging commutes with the rescaling, so the
+    decisions are the same either way, and ablating a latent is zeroing it)."""
+    children = nbdt.induce_tree(weight * scale, bias).children
+    return nbdt.build_tree(children, weight, bias)
 
 
 def _finite(value: float | None) -> float | None:
