@@ -9,6 +9,7 @@ its binary one with C = 2 / (l2 · n_train)), which the tests check.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -33,19 +34,51 @@ class LinearProbe:
         return float(torch.nn.functional.cross_entropy(self.logits(x), y))
 
 
+#: below this fraction of non-zeros (and above SPARSE_MIN_ELEMENTS), probes use sparse products
+SPARSE_DENSITY = 0.05
+SPARSE_MIN_ELEMENTS = 1 << 22
+
+
+class _SparseRows(torch.autograd.Function):
+    """logits = z @ w.T with z a fixed sparse matrix: both products stay sparse (torch's own sparse
+    backward densifies, which is no faster than the dense product)."""
+
+    @staticmethod
+    def forward(ctx, w, z, z_t):
+        ctx.z_t = z_t
+        return z @ w.T
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (ctx.z_t @ grad).T, None, None
+
+
 def fit_logistic(x: Tensor, y: Tensor, n_classes: int, *, l2: float = 1e-3, max_iter: int = 200,
                  dtype: torch.dtype = torch.float32) -> LinearProbe:
     """Multinomial logistic regression by L-BFGS (strong Wolfe line search) on standardised features.
 
     Columns with zero variance in ``x`` get weight 0. ``l2`` is per the objective in the module
     docstring; float64 for small problems where exactness matters, float32 is ample otherwise.
+    SAE latents are mostly zeros: then the features are only scaled, not centred (the unpenalised
+    bias absorbs the centring, so the optimum is the same) and kept sparse, ~50× faster per step.
     """
     x = x.to(dtype)
     mean = x.mean(0)
     std = x.std(0, unbiased=False)
     live = std > 1e-8
     scale = torch.where(live, std, torch.ones_like(std))
-    z = (x - mean) / scale
+    sparse = x.numel() >= SPARSE_MIN_ELEMENTS and float((x != 0).float().mean()) < SPARSE_DENSITY
+    if sparse:
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the two products used here are not
+            warnings.simplefilter("ignore", UserWarning)
+            z = (x / scale).to_sparse_csr()
+            z_t = (x / scale).T.contiguous().to_sparse_csr()
+        shift = torch.zeros_like(mean)
+        linear = lambda w: _SparseRows.apply(w, z, z_t)  # noqa: E731
+    else:
+        z = (x - mean) / scale
+        shift = mean
+        linear = lambda w: z @ w.T  # noqa: E731
     w = torch.zeros(n_classes, x.shape[1], dtype=dtype, requires_grad=True)
     b = torch.zeros(n_classes, dtype=dtype, requires_grad=True)
     if n_classes > 1:
@@ -57,7 +90,7 @@ def fit_logistic(x: Tensor, y: Tensor, n_classes: int, *, l2: float = 1e-3, max_
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z @ w.T + b, y) + 0.5 * l2 * (w * w).sum()
+        loss = torch.nn.functional.cross_entropy(linear(w) + b, y) + 0.5 * l2 * (w * w).sum()
         loss.backward()
         return loss
 
@@ -65,7 +98,7 @@ def fit_logistic(x: Tensor, y: Tensor, n_classes: int, *, l2: float = 1e-3, max_
         opt.step(closure)
     with torch.no_grad():
         weight = torch.where(live, w / scale, torch.zeros_like(w))
-        bias = b - weight @ mean
+        bias = b - weight @ shift
     return LinearProbe(weight.detach(), bias.detach())
 
 

@@ -98,3 +98,22 @@ def test_token_identity_baseline_majority_per_token():
     pred = token_identity_baseline(train_ids, train_y, torch.tensor([5, 7, 9, 11]), 3)
     assert pred.tolist() == [1, 2, 2, 2]  # 11 unseen: overall majority (2)
     assert not math.isnan(classification_metrics(pred, torch.tensor([1, 2, 0, 2]), 3)["accuracy"])
+
+
+def test_sparse_path_reaches_the_dense_optimum(monkeypatch):
+    """SAE latents take the sparse, uncentred path: the same objective, so the same probe."""
+    import saebench.linear_probe as lp
+
+    g = torch.Generator().manual_seed(3)
+    n, d, classes = 600, 200, 3
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = torch.zeros(n, d, dtype=torch.float64)
+    idx = torch.randint(0, d, (n, 6), generator=g)
+    x.scatter_(1, idx, torch.rand(n, 6, generator=g, dtype=torch.float64) + 0.5)
+    x[torch.arange(n), y] += 2.0  # class-marking latents
+    dense = fit_logistic(x, y, classes, l2=1e-2, dtype=torch.float64, max_iter=500)
+    monkeypatch.setattr(lp, "SPARSE_MIN_ELEMENTS", 0)
+    sparse = fit_logistic(x, y, classes, l2=1e-2, dtype=torch.float64, max_iter=500)
+    assert float((x != 0).double().mean()) < lp.SPARSE_DENSITY
+    p_dense, p_sparse = torch.softmax(dense.logits(x), -1), torch.softmax(sparse.logits(x), -1)
+    assert float((p_dense - p_sparse).abs().max()) < 1e-4

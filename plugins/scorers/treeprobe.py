@@ -14,10 +14,11 @@ latents are the features, and the questions are named from the latents' explanat
    descent): ``tree_soft_accuracy``, ``tree_hard_accuracy``, ``tree_gap`` = head − hard tree (SegNBDT
    loses 2–4 mIoU points to its network). With ``finetune_epochs`` > 0 the head is also fine-tuned
    with the tree-supervision loss (−log path probability) and re-scored (``ft_*``).
-4. Per inner node, the fewest latents that carry 90% of the node's decision accuracy (on the
-   training tokens; 90% of what the latents add over the node's bias alone), named as a rule "Is there ⟨explanation⟩?" from the run's explainer (an LLM's
-   explanations when the matrix configures one, else the top-tokens explainer; failing both, the
-   task tokens where the latent is strongest).
+4. Per inner node of the tree in use (the fine-tuned one when ``finetune_epochs`` > 0), the fewest
+   latents that carry 90% of the node's decision accuracy (on the training tokens; 90% of what the
+   latents add over the node's bias alone), named as a rule "Is there ⟨explanation⟩?" from the
+   run's explainer (an LLM's explanations when the matrix configures one, else the top-tokens
+   explainer; failing both, the task tokens where the latent is strongest).
 5. Faithfulness on test tokens: zeroing a node's rule latents flips its decisions
    (``rule_flip_rate``) far more often than zeroing as many random latents of matched activation
    frequency (``random_flip_rate``).
@@ -134,7 +135,10 @@ class TreeProbeScorer(saebench.Scorer):
             out["ft_tree_soft_accuracy"] = acc(nbdt.soft_log_probs(ft, x_te).argmax(-1))
             out["ft_tree_hard_accuracy"] = acc(nbdt.hard_predict(ft, x_te))
 
-        nodes, rule_info = self.rules(tree, x_tr, y_tr, x_te, y_te, x, data, inputs)
+        # rules explain the tree that is used: the fine-tuned one when there is one (SegNBDT's), whose
+        # decisions are as accurate as the head's, not the induced tree before training
+        explained = ft if self.finetune_epochs else tree
+        nodes, rule_info = self.rules(explained, x_tr, y_tr, x_te, y_te, x, data, inputs)
         sizes = [len(n["latents"]) for n in nodes.values()]
         out["rule_latents_per_node"] = sum(sizes) / len(sizes) if sizes else None
         flips = [n["flip_rate"] for n in nodes.values() if n["flip_rate"] is not None]
@@ -156,7 +160,8 @@ class TreeProbeScorer(saebench.Scorer):
             "classes": data.classes,
             "class_counts": {"train": torch.bincount(y_tr, minlength=C).tolist(), "test": torch.bincount(y_te, minlength=C).tolist()},
             "data": data.stats,
-            "tree": tree.to_dict(data.classes, nodes),
+            "tree": explained.to_dict(data.classes, nodes),
+            "tree_is": "fine-tuned" if self.finetune_epochs else "induced",
             "rule_names_from": rule_info,
         }
         return out, detail
