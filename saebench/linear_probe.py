@@ -119,20 +119,24 @@ def one_dim_probe_losses(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_tes
     p0 = yt.mean().clamp(1e-6, 1 - 1e-6)
     a = torch.zeros(d, dtype=torch.float64)
     b = torch.full((d,), float(torch.log(p0 / (1 - p0))), dtype=torch.float64)
+    active = torch.arange(d)  # features still moving: converged ones leave the (costly) update
     for _ in range(steps):
-        p = torch.sigmoid(z * a + b)
+        za, aa, ba = z[:, active], a[active], b[active]
+        p = torch.sigmoid(za * aa + ba)
         r = p - yt[:, None]
-        g_a = (r * z).mean(0) + l2 * a
+        g_a = (r * za).mean(0) + l2 * aa
         g_b = r.mean(0)
         w = p * (1 - p)
-        h_aa = (w * z * z).mean(0) + l2
-        h_ab = (w * z).mean(0)
+        wz = w * za
+        h_aa = (wz * za).mean(0) + l2
+        h_ab = wz.mean(0)
         h_bb = w.mean(0) + 1e-12
         det = h_aa * h_bb - h_ab * h_ab
-        da = (h_bb * g_a - h_ab * g_b) / det
-        db = (h_aa * g_b - h_ab * g_a) / det
-        a, b = a - da.clamp(-10, 10), b - db.clamp(-10, 10)
-        if float(torch.maximum(da.abs().max(), db.abs().max())) < 1e-9:
+        da = ((h_bb * g_a - h_ab * g_b) / det).clamp(-10, 10)
+        db = ((h_aa * g_b - h_ab * g_a) / det).clamp(-10, 10)
+        a[active], b[active] = aa - da, ba - db
+        active = active[torch.maximum(da.abs(), db.abs()) >= 1e-7]
+        if active.numel() == 0:
             break
     zt = (x_test - mean) / scale
     logits = zt * a + b
