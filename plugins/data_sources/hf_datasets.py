@@ -20,6 +20,28 @@ def _saved_to_disk(path: Path) -> bool:
                               or (path / "dataset_dict.json").is_file())
 
 
+def open_dataset(path: str, config_name: str | None, split: str):
+    """One split of a dataset: a ``save_to_disk`` folder, or anything ``datasets.load_dataset`` reads.
+    Any failure is a ConfigError naming ``path``."""
+    import datasets
+
+    local = Path(path).expanduser()
+    try:
+        if _saved_to_disk(local):
+            ds = datasets.load_from_disk(str(local))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise saebench.ConfigError(f"no split {split!r}; splits: {', '.join(ds)}", where=path)
+                ds = ds[split]
+            return ds
+        return datasets.load_dataset(path, config_name, split=split)
+    except saebench.SaebenchError:
+        raise
+    except Exception as exc:  # the datasets library raises many kinds; all mean "cannot open this"
+        raise saebench.ConfigError(f"cannot load the dataset: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+                                   where=path) from exc
+
+
 class HFDatasetsSource(saebench.DataSource):
     """A Hugging Face dataset (hub id or local path) through the datasets library; one text column.
 
@@ -48,23 +70,7 @@ class HFDatasetsSource(saebench.DataSource):
         self.path, self.config_name, self.split, self.text_field = path, name, split, text_field
 
     def _open(self):
-        import datasets
-
-        local = Path(self.path).expanduser()
-        try:
-            if _saved_to_disk(local):
-                ds = datasets.load_from_disk(str(local))
-                if isinstance(ds, datasets.DatasetDict):
-                    if self.split not in ds:
-                        raise saebench.ConfigError(f"no split {self.split!r}; splits: {', '.join(ds)}", where=self.path)
-                    ds = ds[self.split]
-                return ds
-            return datasets.load_dataset(self.path, self.config_name, split=self.split)
-        except saebench.SaebenchError:
-            raise
-        except Exception as exc:  # the datasets library raises many kinds; all mean "cannot open this"
-            raise saebench.ConfigError(f"cannot load the dataset: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
-                                       where=self.path) from exc
+        return open_dataset(self.path, self.config_name, self.split)
 
     def documents(self) -> Iterator[str]:
         ds = self._open()

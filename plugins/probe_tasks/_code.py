@@ -16,6 +16,8 @@ import tokenize
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import saebench
+from saebench.metrics import Option
 from saebench.plugins.data_sources.python_stdlib import _read, stdlib_files
 from saebench.probing import TaskExample
 
@@ -148,3 +150,27 @@ def code_examples(label_spans: Callable[[str], list[Span]], lines: int, max_text
                 if len(out) >= max_texts:
                     return out
     return out
+
+
+class StdlibCodeTask(saebench.ProbeTask):
+    """Token-level labels painted over stdlib code: a subclass sets ``name`` and ``label_spans``.
+
+    Texts are ``lines`` whole lines of stdlib files, at most ``max_texts`` of them; the cache key
+    carries the interpreter's version, whose stdlib the texts come from.
+    """
+
+    level = "token"
+    OPTIONS = (
+        Option("lines", int, 24, minimum=1, help="lines per text"),
+        Option("max_texts", int, 400, minimum=1, help="texts yielded at most"),
+    )
+
+    @staticmethod
+    def label_spans(source: str) -> list[Span]:
+        raise NotImplementedError
+
+    def examples(self) -> Iterator[TaskExample]:
+        yield from code_examples(self.label_spans, self.lines, self.max_texts)
+
+    def identity(self):
+        return {**super().identity(), "python": python_tag()}

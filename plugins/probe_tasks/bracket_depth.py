@@ -10,10 +10,8 @@ which a token's own identity cannot give away.
 from __future__ import annotations
 
 import tokenize
-from typing import Iterator
 
 import saebench
-from saebench.metrics import Option
 from saebench.plugins.probe_tasks import _code
 
 CLASSES = ("0", "1", "2", "3+")
@@ -37,24 +35,14 @@ def label_spans(source: str) -> list[tuple[int, int, str]]:
     return _code.runs(source, paint, _NAMES)
 
 
-class BracketDepthTask(saebench.ProbeTask):
+class BracketDepthTask(_code.StdlibCodeTask):
     """Token level: the ()[]{} nesting depth of each character of Python code (0, 1, 2, 3+).
 
     Texts are ``lines`` whole lines of stdlib files, at most ``max_texts`` of them.
     """
 
     name = "bracket_depth"
-    level = "token"
-    OPTIONS = (
-        Option("lines", int, 24, minimum=1, help="lines per text"),
-        Option("max_texts", int, 400, minimum=1, help="texts yielded at most"),
-    )
-
-    def examples(self) -> Iterator[saebench.TaskExample]:
-        yield from _code.code_examples(label_spans, self.lines, self.max_texts)
-
-    def identity(self):
-        return {**super().identity(), "python": _code.python_tag()}
+    label_spans = staticmethod(label_spans)
 
 
 @saebench.hookimpl

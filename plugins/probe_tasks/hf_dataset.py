@@ -10,13 +10,12 @@ than "1"); other labels are used as their string form. Rows come in the split's 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator
 
 import saebench
 from saebench.errors import ConfigError, DataError
 from saebench.metrics import Option
-from saebench.plugins.data_sources.hf_datasets import _saved_to_disk
+from saebench.plugins.data_sources.hf_datasets import open_dataset
 
 
 class HFDatasetTask(saebench.ProbeTask):
@@ -51,23 +50,7 @@ class HFDatasetTask(saebench.ProbeTask):
             raise ConfigError("the datasets package is not installed: pip install saebench[hf]", where) from None
 
     def _open(self):
-        import datasets
-
-        local = Path(self.path).expanduser()
-        try:
-            if _saved_to_disk(local):
-                ds = datasets.load_from_disk(str(local))
-                if isinstance(ds, datasets.DatasetDict):
-                    if self.split not in ds:
-                        raise ConfigError(f"no split {self.split!r}; splits: {', '.join(ds)}", self.path)
-                    ds = ds[self.split]
-                return ds
-            return datasets.load_dataset(self.path, self.config_name, split=self.split)
-        except saebench.SaebenchError:
-            raise
-        except Exception as exc:  # the datasets library raises many kinds; all mean "cannot open this"
-            raise ConfigError(f"cannot load the dataset: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
-                              self.path) from exc
+        return open_dataset(self.path, self.config_name, self.split)
 
     def examples(self) -> Iterator[saebench.TaskExample]:
         import datasets

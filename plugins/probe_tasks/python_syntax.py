@@ -93,7 +93,7 @@ def ast_parent(name: str) -> str:
     return getattr(ast, name).__bases__[0].__name__
 
 
-class PythonSyntaxTask(saebench.ProbeTask):
+class PythonSyntaxTask(_code.StdlibCodeTask):
     """Token level: the innermost ast node type (Name, Call, FunctionDef...) covering each character of Python code.
 
     Texts are ``lines`` whole lines of stdlib files (parsed whole, then cut), at most ``max_texts``;
@@ -101,10 +101,9 @@ class PythonSyntaxTask(saebench.ProbeTask):
     """
 
     name = "python_syntax"
-    level = "token"
+    label_spans = staticmethod(label_spans)
     OPTIONS = (
-        Option("lines", int, 24, minimum=1, help="lines per text"),
-        Option("max_texts", int, 400, minimum=1, help="texts yielded at most"),
+        *_code.StdlibCodeTask.OPTIONS,
         Option("top_classes", int, 12, minimum=2, help="node types kept as labels, the most frequent first"),
     )
 
@@ -115,7 +114,7 @@ class PythonSyntaxTask(saebench.ProbeTask):
 
     def _build(self) -> list[saebench.TaskExample]:
         if self._examples is None:
-            texts = _code.code_examples(label_spans, self.lines, self.max_texts)
+            texts = list(super().examples())
             chars: Counter[str] = Counter()
             for ex in texts:
                 for s, e, label in ex.spans:
@@ -146,9 +145,6 @@ class PythonSyntaxTask(saebench.ProbeTask):
             if parent != "AST":
                 out[parent] = "AST"
         return out
-
-    def identity(self):
-        return {**super().identity(), "python": _code.python_tag()}
 
 
 @saebench.hookimpl

@@ -13,10 +13,8 @@ from __future__ import annotations
 import builtins
 import keyword
 import tokenize
-from typing import Iterator
 
 import saebench
-from saebench.metrics import Option
 from saebench.plugins.probe_tasks import _code
 
 CLASSES = ("keyword", "builtin", "identifier", "number", "string", "comment", "operator", "bracket")
@@ -55,24 +53,14 @@ def label_spans(source: str) -> list[tuple[int, int, str]]:
     return out
 
 
-class PythonTokenTypeTask(saebench.ProbeTask):
+class PythonTokenTypeTask(_code.StdlibCodeTask):
     """Token level: the tokenize category of each Python token (keyword, builtin, identifier, number, string...).
 
     Texts are ``lines`` whole lines of stdlib files, at most ``max_texts`` of them.
     """
 
     name = "python_token_type"
-    level = "token"
-    OPTIONS = (
-        Option("lines", int, 24, minimum=1, help="lines per text"),
-        Option("max_texts", int, 400, minimum=1, help="texts yielded at most"),
-    )
-
-    def examples(self) -> Iterator[saebench.TaskExample]:
-        yield from _code.code_examples(label_spans, self.lines, self.max_texts)
-
-    def identity(self):
-        return {**super().identity(), "python": _code.python_tag()}
+    label_spans = staticmethod(label_spans)
 
 
 @saebench.hookimpl
