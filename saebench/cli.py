@@ -97,7 +97,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from saebench.leaderboard import render
 
-    text = render(args.output, args.format, sort=args.sort, descending=args.descending, latents=args.latents)
+    if args.details or args.scorer:
+        from saebench.leaderboard import details_json
+
+        text = details_json(args.output, args.scorer)
+    else:
+        text = render(args.output, args.format, sort=args.sort, descending=args.descending, latents=args.latents)
     if args.file:
         from pathlib import Path
 
@@ -157,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--descending", action="store_true", help="largest first")
     p.add_argument("--latents", action="store_true",
                    help="one row per explained latent: explanations and per-latent interpretability scores")
+    p.add_argument("--details", action="store_true",
+                   help="each cell's details as JSON instead (TreeProbe's trees and rules, per-task results)")
+    p.add_argument("--scorer", help="with --details: only this scorer's cells")
     p.add_argument("--output", dest="file", help="write to this file instead of stdout")
     p.set_defaults(func=_cmd_leaderboard)
 

@@ -65,6 +65,22 @@ def latent_rows(output: str | Path) -> tuple[list[str], list[dict]]:
     return columns, list(rows.values())
 
 
+def details_json(output: str | Path, scorer: str | None = None) -> str:
+    """The details of every finished cell (of one scorer) as JSON: TreeProbe's trees and rules,
+    per-task probe results, histograms..."""
+    folder = Path(output)
+    if not (folder / DB_NAME).is_file():
+        raise ConfigError(f"no results store ({DB_NAME}) here; run 'saebench run' first", folder)
+    store = ResultsStore(folder, create=False)
+    try:
+        cells = [c for c in store.cell_details() if scorer is None or c["scorer"] == scorer]
+    finally:
+        store.close()
+    if scorer is not None and not cells:
+        raise ConfigError(f"no finished cell of scorer {scorer!r} in this run", "--scorer")
+    return json.dumps(cells, indent=1)
+
+
 def render(output: str | Path, fmt: str = "csv", sort: str | None = None, descending: bool = False,
            latents: bool = False) -> str:
     columns, rows = latent_rows(output) if latents else leaderboard_rows(output)

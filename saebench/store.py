@@ -173,6 +173,12 @@ class ResultsStore:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
+    def cell_details(self) -> list[dict[str, Any]]:
+        """Every finished cell with its details (free-form JSON: trees, per-task results...)."""
+        cur = self.db.execute("SELECT model, hookpoint, sae, scorer, details FROM cells WHERE status='done' ORDER BY rowid")
+        return [{"model": m, "hookpoint": h, "sae": s, "scorer": sc, "details": json.loads(d) if d else {}}
+                for m, h, s, sc, d in cur.fetchall()]
+
     def metrics(self) -> Iterator[tuple[str, str, str, str, str, float | None]]:
         yield from self.db.execute(
             "SELECT m.model, m.hookpoint, m.sae, m.scorer, m.metric, m.value FROM metrics m JOIN cells c "

@@ -157,3 +157,13 @@ def test_bad_probe_configuration_exits_2_before_work(workdir, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-such-task" in err[0] and "scorers[0]" in err[0]
     assert not (workdir / "runs" / "probes" / "cache").exists()
+
+
+def test_trees_export_as_json_from_the_command_line(workdir, capsys):
+    assert run(workdir).exit_code == 0
+    assert main(["leaderboard", "runs/probes", "--details", "--scorer", "treeprobe"]) == 0
+    cells = json.loads(capsys.readouterr().out)
+    assert sorted(c["sae"] for c in cells) == ["relu", "topk"] and {c["scorer"] for c in cells} == {"treeprobe"}
+    tree = cells[0]["details"]["tasks"]["char-class-test"]["tree"]
+    assert sorted(tree_leaves(tree)) == ["digit", "letter", "other", "space"] and tree["rule"].startswith("Is there")
+    assert main(["leaderboard", "runs/probes", "--scorer", "absent"]) == 2
