@@ -52,10 +52,23 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_third_party() -> None:
+    """--quiet: no progress bars from Hugging Face libraries either (transformers draws one while loading weights)."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by huggingface_hub, and so transformers, at import
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from saebench.leaderboard import render
     from saebench.runner import run_matrix
 
+    if args.quiet:
+        _quiet_third_party()
     report = run_matrix(args.matrix, quiet=args.quiet)
     if not args.quiet:
         from saebench.matrix import load_matrix
@@ -88,6 +101,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "models": [{"name": "model", "adapter": args.adapter, "path": args.model, "hookpoints": [args.hookpoint]}],
         "saes": [{"name": args.name, "model": "model", "hookpoint": args.hookpoint, "train": train}],
     }, "saebench train")
+    if args.quiet:
+        _quiet_third_party()
     runner = Runner(matrix, source="saebench train", progress=Progress(enabled=not args.quiet))
     runner.run()
     print(runner.trained_folder(matrix.saes[0]))
@@ -190,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except SaebenchError as exc:
-        print(f"saebench: error: {exc}", file=sys.stderr)
+        message = str(exc).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a key or file held
+        print(f"saebench: error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("saebench: interrupted", file=sys.stderr)

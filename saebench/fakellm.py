@@ -66,6 +66,15 @@ class Recorded:
     fault: str | None
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return  # a client that went away (a killed run, a timeout): expected in fault and crash tests
+        super().handle_error(request, client_address)
+
+
 class FakeLLMServer:
     """OpenAI- and Anthropic-compatible HTTP server in a background thread (a context manager).
 
@@ -110,7 +119,7 @@ class FakeLLMServer:
 
     def start(self) -> "FakeLLMServer":
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False  # a "timeout" fault may still be sleeping
         threading.Thread(target=self._httpd.serve_forever, name="fake-llm-server", daemon=True).start()

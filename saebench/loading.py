@@ -9,7 +9,9 @@ tensor of the wrong shape, NaN weights, a pickle without permission) becomes a
 from __future__ import annotations
 
 import json
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -74,7 +76,11 @@ def load_sae(
 ) -> SAE:
     """Load an SAE from a file or folder in any registered format (``format="auto"`` detects it)."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long for the file system, say
+        raise CheckpointError(f"cannot access ({exc.strerror or exc})", str(path)[:200]) from None
+    if not exists:
         raise CheckpointError("no such file or folder", path)
     registry = plugin_manager.get_registry()
     if format == "auto":
@@ -134,7 +140,8 @@ def read_npz(path: Path) -> dict[str, torch.Tensor]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: torch.from_numpy(np.array(data[k])) for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error, struct.error,
+            NotImplementedError, RuntimeError) as exc:  # zipfile: unsupported version/compression, "encrypted"
         raise CheckpointError(f"corrupt or truncated npz ({_short(exc)})", path) from None
 
 

@@ -159,6 +159,8 @@ def load_matrix(path: str | Path) -> Matrix:
         raise ConfigError(f"invalid YAML{at}: {getattr(exc, 'problem', None) or exc}", path) from None
     except UnicodeDecodeError:
         raise ConfigError("not a text file", path) from None
+    if raw is None:
+        raise ConfigError("the matrix file is empty", path)
     return parse_matrix(raw, path)
 
 
@@ -167,7 +169,7 @@ def parse_matrix(raw: Any, where: str | Path) -> Matrix:
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(raw).__name__}", where)
     try:
-        matrix = Matrix(**raw)
+        matrix = Matrix.model_validate(raw)  # not Matrix(**raw): YAML keys need not be strings
     except ValidationError as exc:
         raise validation_error(exc, where) from None
     check_matrix(matrix, where)
@@ -211,7 +213,12 @@ def check_matrix(m: Matrix, path: str | Path) -> None:
                 f"{path}: {where}.hookpoint",
             )
         if sae.path is not None:
-            if not Path(sae.path).exists():
+            try:
+                exists = Path(sae.path).exists()
+            except (OSError, ValueError) as exc:  # a name too long for the file system, say
+                problem = getattr(exc, "strerror", None) or str(exc)
+                raise ConfigError(f"cannot use checkpoint path {sae.path[:200]!r}: {problem}", f"{path}: {where}.path") from None
+            if not exists:
                 raise ConfigError(f"no such checkpoint {sae.path!r}", f"{path}: {where}.path")
             if sae.format != "auto":
                 plugin("loader", sae.format, f"{where}.format")

@@ -69,8 +69,11 @@ def _hash(obj: Any) -> str:
 def fingerprint(path: str) -> str:
     """Cheap identity of a model or checkpoint on disk (names, sizes, mtimes), or the string itself."""
     p = Path(path)
-    if not p.exists():
-        return path  # a hub id or an embedded:NAME
+    try:
+        if not p.exists():
+            return path  # a hub id or an embedded:NAME
+    except OSError:  # not a usable file name (too long...): the adapter reports it when loading
+        return path
     files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())
     return _hash([(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files])
 
@@ -212,11 +215,17 @@ class Runner:
         if name not in self.adapters:
             spec = self.models[name]
             cls = plugin_manager.get("model_adapter", spec.adapter)
+            where = f"{self.source}: models[{list(self.models).index(name)}]"
             with self.progress.status(f"loading model {name} ({spec.path})"):
-                self.adapters[name] = cls(spec.path, **spec.options)
+                try:
+                    self.adapters[name] = cls(spec.path, **spec.options)
+                except SaebenchError as exc:  # the adapter names its option or path; add the matrix key
+                    raise type(exc)(exc.problem, f"{where}: {exc.where}" if exc.where else where) from None
+                except TypeError as exc:  # an adapter without its own check of unknown options
+                    raise ConfigError(str(exc), f"{where}.options") from None
             missing = [h for h in spec.hookpoints if h not in self.adapters[name].hookpoints()]
             if missing:
-                raise ConfigError(f"model {name!r} has no hook point {missing[0]!r}", f"{self.source}: models")
+                raise ConfigError(f"model {name!r} has no hook point {missing[0]!r}", f"{where}.hookpoints")
         return self.adapters[name]
 
     def model_contexts(self, name: str, n_contexts: int) -> torch.Tensor:
@@ -225,10 +234,17 @@ class Runner:
         if have is None or have.shape[0] < n_contexts:
             from saebench.data import make_contexts
 
-            source = plugin_manager.get("data_source", self.m.data.source)(**self.m.data.options)
+            adapter = self.adapter(name)
             T = self.m.data.context_length
-            with self.progress.status(f"tokenising {n_contexts * T:,} tokens for {name}"):
-                self.contexts[name] = make_contexts(self.adapter(name), source, T, n_contexts * T)
+            try:  # the data source's options and texts: errors name their key (data.paths...) in the matrix file
+                source = plugin_manager.get("data_source", self.m.data.source)(**self.m.data.options)
+                with self.progress.status(f"tokenising {n_contexts * T:,} tokens for {name}"):
+                    self.contexts[name] = make_contexts(adapter, source, T, n_contexts * T)
+            except SaebenchError as exc:
+                where = exc.where if exc.where and exc.where.split(".")[0] == "data" else "data"
+                raise type(exc)(exc.problem, f"{self.source}: {where}") from None
+            except TypeError as exc:  # a data source without its own check of unknown options
+                raise ConfigError(str(exc), f"{self.source}: data") from None
         return self.contexts[name][:n_contexts]
 
     def ensure_caches(self, pending: list[Cell]) -> None:
@@ -350,6 +366,7 @@ class Runner:
     def check_dimensions(self, pending: list[Cell]) -> None:
         """Load each checkpoint once (a corrupt file stops the run here) and check its d_in against
         its hook point's width, before any activations are computed."""
+        index = {s.name: i for i, s in enumerate(self.m.saes)}
         for sae_spec in {c.sae.name: c.sae for c in pending if c.sae.path is not None}.values():
             sae = self.loaded[sae_spec.name] = self.load_cell_sae(sae_spec)
             folder = self.eval_cache_folder(self.models[sae_spec.model], sae_spec.hookpoint)
@@ -357,7 +374,7 @@ class Runner:
             if sae.cfg.d_in != width:
                 raise ConfigError(
                     f"SAE {sae_spec.name!r} has d_in {sae.cfg.d_in} but {sae_spec.model} {sae_spec.hookpoint} has width {width}",
-                    f"{self.source}: saes",
+                    f"{self.source}: saes[{index[sae_spec.name]}]",
                 )
         explicit = self.record_config.latents if isinstance(self.record_config.latents, list) else []
         for sae_spec in {c.sae.name: c.sae for c in pending if c.stage in ("explain", "interp")}.values():

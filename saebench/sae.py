@@ -102,8 +102,14 @@ class SAE(nn.Module):
     @classmethod
     def from_weights(cls, weights: Mapping[str, Any], cfg: SAEConfig, where: str | None = None) -> "SAE":
         """Build from a mapping of SAELens-named tensors, checking names, shapes and finiteness."""
-        sae = cls(cfg)  # config problems carry no file: the caller knows which file holds the config
         where = where or "weights"
+        for name, dims in cls.weight_shapes.items():  # before cls(cfg) allocates d_in x d_sae: a config's absurd
+            value = weights.get(name)  # d_sae must be a shape error, not a failed (or huge) allocation
+            expected = tuple(getattr(cfg, d) for d in dims)
+            if isinstance(value, (Tensor, np.ndarray)) and tuple(value.shape) != expected:
+                want = "[" + ", ".join(f"{d}={getattr(cfg, d)}" for d in dims) + "]"
+                raise CheckpointError(f"tensor {name} has shape {list(value.shape)}, expected {want}", where)
+        sae = cls(cfg)  # config problems carry no file: the caller knows which file holds the config
         missing = [n for n in cls.weight_shapes if n not in weights]
         if missing:
             raise CheckpointError(f"missing tensor(s) {', '.join(missing)} for a {cls.arch} SAE", where)

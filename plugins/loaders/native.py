@@ -44,6 +44,11 @@ class NativeLoader(saebench.SAELoader):
         arch = raw.pop("arch", None)
         if not isinstance(arch, str):
             raise saebench.CheckpointError("no 'arch' (architecture name) in the config", cfg_file)
+        # the rest become SAEConfig fields through build_checkpoint(**raw): a key that is not a string, or that
+        # is one of build_checkpoint's own parameters, would be a TypeError there rather than a config error
+        bad = [key for key in raw if not isinstance(key, str) or key in ("tensors", "where", "names", "cfg_where")]
+        if bad:
+            raise saebench.CheckpointError(f"unknown config key {bad[0]!r}", cfg_file)
         weights_file = path / loading.NATIVE_WEIGHTS
         tensors = loading.read_safetensors(weights_file)
         return loading.build_checkpoint(arch, tensors, weights_file, cfg_where=cfg_file, **raw)
