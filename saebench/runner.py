@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -376,6 +377,17 @@ class Runner:
                     f"SAE {sae_spec.name!r} has d_in {sae.cfg.d_in} but {sae_spec.model} {sae_spec.hookpoint} has width {width}",
                     f"{self.source}: saes[{index[sae_spec.name]}]",
                 )
+        for sae_spec in (s for s in self.m.saes if s.train is not None and not self._trained(s)):
+            # weights, gradients and two Adam moments of W_enc and W_dec: refuse what cannot fit, before any work
+            d_sae = int(sae_spec.train.get("d_sae", 0))
+            folder = self.eval_cache_folder(self.models[sae_spec.model], sae_spec.hookpoint)
+            width = ActivationCache(folder).d if ActivationCache.exists(folder) else self.adapter(sae_spec.model).d_model(sae_spec.hookpoint)
+            need = 2 * width * d_sae * 4 * 4
+            have = _memory_bytes()
+            if have and need > have:
+                raise ConfigError(f"training a {width}x{d_sae} SAE needs about {need / 2**30:,.0f} GiB for its weights and "
+                                  f"optimiser state; this machine has {have / 2**30:,.0f} GiB",
+                                  f"{self.source}: saes[{index[sae_spec.name]}].train.d_sae")
         explicit = self.record_config.latents if isinstance(self.record_config.latents, list) else []
         for sae_spec in {c.sae.name: c.sae for c in pending if c.stage in ("explain", "interp")}.values():
             d_sae = self.loaded[sae_spec.name].cfg.d_sae if sae_spec.path is not None else int(sae_spec.train["d_sae"])
@@ -426,6 +438,14 @@ class Runner:
                                  seconds=time.perf_counter() - start, metrics=result.metrics, details=result.details)
                 self.report.done += 1
             bar.update(1)
+
+
+def _memory_bytes() -> int | None:
+    """Physical memory of this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _by_sae(cells: list[Cell]) -> list[list[Cell]]:

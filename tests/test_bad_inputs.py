@@ -225,6 +225,9 @@ CASES = [
                                  scorers=["sparsity", "detection"])),
          (M + "llms.judge", "SAEBENCH_NO_SUCH_KEY")),
     Case("data-source-unknown", edit(lambda m: m["data"].update(source="text-filez")), (M + "data.source", "text-filez")),
+    Case("train-d_sae-absurd", edit(lambda m: m["saes"].append(
+        {"name": "t", "model": "tiny", "hookpoint": "layers.1", "train": {"arch": "relu", "d_sae": 10**12, "tokens": 1024}})),
+         (M + "saes[1].train.d_sae", "GiB")),
     Case("train-arch-unknown", edit(lambda m: m["saes"].append(
         {"name": "t", "model": "tiny", "hookpoint": "layers.1", "train": {"arch": "gated", "d_sae": 64, "tokens": 1024}})),
          (M + "saes[1].train.arch", "gated")),
