@@ -21,6 +21,10 @@ class SaebenchError(Exception):
         self.where = str(where) if where is not None else None
         super().__init__(f"{self.where}: {problem}" if self.where else problem)
 
+    def inside(self, outer: str) -> "SaebenchError":
+        """The same error located inside ``outer`` (a matrix key around a plugin's own file or option)."""
+        return type(self)(self.problem, f"{outer}: {self.where}" if self.where else outer)
+
 
 class ConfigError(SaebenchError):
     """A configuration value or file is malformed."""

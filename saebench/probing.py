@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from saebench.errors import ConfigError, DataError
-from saebench.metrics import Option
+from saebench.errors import ConfigError, DataError, PluginError, SaebenchError
+from saebench.metrics import Option, parse_options
 
 TRAIN_FRACTION = 0.8
 #: bumped when what build_probe_data keeps changes (it keys the runner's cache)
@@ -58,8 +58,6 @@ class ProbeTask(ABC):
     OPTIONS: ClassVar[tuple] = ()
 
     def __init__(self, **options: Any):
-        from saebench.metrics import parse_options
-
         self.options = parse_options(f"probe task {self.name}", options, self.OPTIONS)
         for key, value in self.options.items():
             setattr(self, key, value)
@@ -80,7 +78,6 @@ class ProbeTask(ABC):
 def make_task(spec: str | dict[str, Any], where: str) -> ProbeTask:
     """A task from a scorer option: ``"name"`` or ``{name: ..., options: {...}}``."""
     from saebench import plugin_manager
-    from saebench.errors import SaebenchError
 
     if isinstance(spec, str):
         name, options = spec, {}
@@ -91,7 +88,7 @@ def make_task(spec: str | dict[str, Any], where: str) -> ProbeTask:
     try:
         return plugin_manager.get("probe_task", name)(**options)
     except SaebenchError as exc:  # keep the task's own location (a file and line) after the matrix's
-        raise type(exc)(exc.problem, f"{where}: {exc.where}" if exc.where else where) from None
+        raise exc.inside(where) from None
 
 
 @dataclass
@@ -271,6 +268,7 @@ def build_probe_data(
     if all(is_train):
         is_train[order[-1]] = False
 
+    token_level = task.level == "token"
     pad = adapter.pad_token_id if adapter.pad_token_id is not None else (adapter.eos_token_id or 0)
     acts: dict[str, list[Tensor]] = {h: [] for h in hookpoints}
     token_ids, sequence, row_labels, row_train = [], [], [], []
@@ -286,29 +284,28 @@ def build_probe_data(
             tokens[b, off : off + len(ids)] = torch.tensor(ids)
             text_index = start + b
             for p, tok in enumerate(ids):
-                lab = labels[p] if isinstance(labels, list) else labels
-                if isinstance(labels, list) and lab is None:
+                if token_level and labels[p] is None:
                     continue
                 select[b, off + p] = True
                 token_ids.append(tok)
                 sequence.append(text_index)
-                if isinstance(labels, list):
-                    row_labels.append(lab)
+                if token_level:
+                    row_labels.append(labels[p])
                     row_train.append(is_train[text_index])
         captured = adapter.capture(tokens, list(hookpoints))  # right padding cannot change earlier positions
         for h in hookpoints:
             acts[h].append(captured[h][select].float())
         if progress is not None:
             progress(len(batch))
-    if task.level == "sequence":
+    if not token_level:
         row_labels = [lab for _, lab in texts]
         row_train = is_train
     ids_t = torch.tensor(token_ids, dtype=torch.long)
-    names = [None] * len(classes)
-    for label, i in classes.items():
-        names[i] = label
-    unique = sorted(set(token_ids))
-    token_text = dict(zip(unique, (adapter.token_strings([t])[0] for t in unique))) if hasattr(adapter, "token_strings") else {}
+    names = sorted(classes, key=classes.__getitem__)
+    try:  # token texts name rules by their strongest tokens; a sequence task's adapter may lack them
+        token_text = {t: adapter.token_strings([t])[0] for t in sorted(set(token_ids))}
+    except PluginError:
+        token_text = {}
     stats = {"texts": len(texts), "rows": len(token_ids), "unaligned": unaligned, "train_texts": sum(is_train)}
     return {
         h: ProbeData(task.name, task.level, names, torch.cat(acts[h]), ids_t, torch.tensor(sequence, dtype=torch.long),

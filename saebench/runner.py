@@ -221,7 +221,7 @@ class Runner:
                 try:
                     self.adapters[name] = cls(spec.path, **spec.options)
                 except SaebenchError as exc:  # the adapter names its option or path; add the matrix key
-                    raise type(exc)(exc.problem, f"{where}: {exc.where}" if exc.where else where) from None
+                    raise exc.inside(where) from None
                 except TypeError as exc:  # an adapter without its own check of unknown options
                     raise ConfigError(str(exc), f"{where}.options") from None
             missing = [h for h in spec.hookpoints if h not in self.adapters[name].hookpoints()]
@@ -364,14 +364,20 @@ class Runner:
             store.close()
         return self.report
 
+    def hook_width(self, sae_spec: SAESpec) -> int:
+        """Width of an SAE's hook point: from its activation cache, else from the loaded model."""
+        folder = self.eval_cache_folder(self.models[sae_spec.model], sae_spec.hookpoint)
+        if ActivationCache.exists(folder):
+            return ActivationCache(folder).d
+        return self.adapter(sae_spec.model).d_model(sae_spec.hookpoint)
+
     def check_dimensions(self, pending: list[Cell]) -> None:
         """Load each checkpoint once (a corrupt file stops the run here) and check its d_in against
         its hook point's width, before any activations are computed."""
         index = {s.name: i for i, s in enumerate(self.m.saes)}
         for sae_spec in {c.sae.name: c.sae for c in pending if c.sae.path is not None}.values():
             sae = self.loaded[sae_spec.name] = self.load_cell_sae(sae_spec)
-            folder = self.eval_cache_folder(self.models[sae_spec.model], sae_spec.hookpoint)
-            width = ActivationCache(folder).d if ActivationCache.exists(folder) else self.adapter(sae_spec.model).d_model(sae_spec.hookpoint)
+            width = self.hook_width(sae_spec)
             if sae.cfg.d_in != width:
                 raise ConfigError(
                     f"SAE {sae_spec.name!r} has d_in {sae.cfg.d_in} but {sae_spec.model} {sae_spec.hookpoint} has width {width}",
@@ -380,8 +386,7 @@ class Runner:
         for sae_spec in (s for s in self.m.saes if s.train is not None and not self._trained(s)):
             # weights, gradients and two Adam moments of W_enc and W_dec: refuse what cannot fit, before any work
             d_sae = int(sae_spec.train.get("d_sae", 0))
-            folder = self.eval_cache_folder(self.models[sae_spec.model], sae_spec.hookpoint)
-            width = ActivationCache(folder).d if ActivationCache.exists(folder) else self.adapter(sae_spec.model).d_model(sae_spec.hookpoint)
+            width = self.hook_width(sae_spec)
             need = 2 * width * d_sae * 4 * 4
             have = _memory_bytes()
             if have and need > have:
