@@ -127,6 +127,13 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from saebench.report import write_report
+
+    print(write_report(args.output, args.file, latents=args.latents))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from saebench.demo import run_demo
 
@@ -182,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scorer", help="with --details: only this scorer's cells")
     p.add_argument("--output", dest="file", help="write to this file instead of stdout")
     p.set_defaults(func=_cmd_leaderboard)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run (tables, plots, latents, trees)")
+    p.add_argument("output", help="the matrix's output folder")
+    p.add_argument("-o", "--output", dest="file", metavar="FILE", help="HTML file to write (default OUTPUT/report.html)")
+    p.add_argument("--latents", type=int, default=50, metavar="N", help="latent cards per SAE (default 50)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("inspect", help="load an SAE checkpoint (any format) and print its config")
     p.add_argument("path", help="checkpoint file or folder")

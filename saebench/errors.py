@@ -49,7 +49,9 @@ def validation_error(exc: Any, where: str | Path) -> ConfigError:
     (``matrix.yaml: saes[1].train`` -> ``matrix.yaml: saes[1].train.k``).
     """
     errs = exc.errors()
-    loc = ".".join(str(p) for p in errs[0]["loc"])
+    # saes[0].train, as the user reads a YAML path (pydantic says saes.0.train); a bad mapping key is
+    # reported at the key itself (pydantic adds "[key]")
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in errs[0]["loc"] if p != "[key]").lstrip(".")
     msg = errs[0]["msg"].removeprefix("Value error, ")
     if len(errs) > 1:
         msg += f" (and {len(errs) - 1} more problem(s))"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Sequence
 
 import torch
 
@@ -65,44 +65,68 @@ class InterpStage:
         return records
 
     # -- the stage ------------------------------------------------------------------------------
-    def run(self, cells: list["Cell"]) -> None:
-        """Compute the pending ``cells`` (explain and interp cells of this SAE) in one event loop."""
+    def run(self, cells: list["Cell"], *, latents: Collection[int] | None = None, compute: bool = True) -> None:
+        """Compute the pending ``cells`` (explain and interp cells of this SAE) in one event loop.
+
+        An executor splits this in two (saebench.ray_executor): workers compute shares of the latents
+        (``latents``: only those, and no cell rows), then the driver writes the cells from what is
+        stored (``compute=False``: no LLM call; a latent without a result counts as failed)."""
+        self.share = None if latents is None else set(latents)
+        self.compute = compute
         rs = self.records()
         asyncio.run(self._run(rs, {c.key for c in cells}))
 
     async def _run(self, rs, pending: set[CellKey]) -> None:
         everything = [c for c in self.runner.all_cells if c.sae.name == self.sae_spec.name and c.stage in ("explain", "interp")]
+        records = rs.records if self.share is None else [r for r in rs.records if r.latent in self.share]
         for explain_cell in (c for c in everything if c.stage == "explain"):
             scorers = [c for c in everything if c.stage == "interp" and c.explainer == explain_cell.explainer and c.key in pending]
             if explain_cell.key not in pending and not scorers:
                 continue
             start = time.perf_counter()
-            with self.progress.bar(f"explain[{explain_cell.explainer}] {self.sae_spec.name}", len(rs.records), "latent") as bar:
+            with self.progress.bar(f"explain[{explain_cell.explainer}] {self.sae_spec.name}", len(records), "latent") as bar:
                 done = self.store.latent_results(explain_cell.key, explain_cell.config_hash)
-                explanations, failed = await explain_all(explain_cell.scorer, rs.records, done,
-                                                         self._store_one(explain_cell), lambda: bar.update(1))
-            if explain_cell.key in pending:
+                if self.compute:
+                    explanations, failed = await explain_all(explain_cell.scorer, records, done,
+                                                             self._store_one(explain_cell), lambda: bar.update(1))
+                else:
+                    explanations = {latent: Explanation(**result) for latent, result in done.items()}
+                    failed = self._unfinished(explain_cell, [r.latent for r in records if r.latent not in done])
+            if explain_cell.key in pending and self.share is None:
                 metrics = explain_metrics(rs, explanations, failed)
-                details = {"skipped": {str(k): v for k, v in rs.skipped.items()}, "failed": {str(k): v for k, v in failed.items()}}
+                details = {"skipped": {str(k): v for k, v in rs.skipped.items()}, "failed": {str(k): v for k, v in failed.items()},
+                           "records": str(self.records_path())}  # the report's activating examples
                 self._finish(explain_cell, metrics, details, len(failed), time.perf_counter() - start)
             # The scorers of one explainer run together, so their LLM calls share the clients' concurrency.
-            await asyncio.gather(*(self._score_cell(cell, rs.records, explanations) for cell in scorers))
+            await asyncio.gather(*(self._score_cell(cell, records, explanations) for cell in scorers))
 
     async def _score_cell(self, cell: "Cell", records, explanations) -> None:
         start = time.perf_counter()
         r = self.runner
-        ctx = InterpContext(sae=self.sae, hookpoint=cell.key.hookpoint, llm=cell.llm, tokens=self.cache.tokens(),
-                            adapter=r.adapter(cell.key.model) if getattr(cell.scorer, "needs_model", False) else None,
-                            seed=r.m.seed)
-        with self.progress.bar(f"{cell.key.scorer} {self.sae_spec.name}", len(records), "latent") as bar:
-            done = self.store.latent_results(cell.key, cell.config_hash)
-            scores, failed = await score_all(cell.scorer, records, explanations, ctx, done, self._store_one(cell),
-                                             lambda: bar.update(1))
+        done = self.store.latent_results(cell.key, cell.config_hash)
+        if self.compute:
+            ctx = InterpContext(sae=self.sae, hookpoint=cell.key.hookpoint, llm=cell.llm, tokens=self.cache.tokens(),
+                                adapter=r.adapter(cell.key.model) if getattr(cell.scorer, "needs_model", False) else None,
+                                seed=r.m.seed)
+            with self.progress.bar(f"{cell.key.scorer} {self.sae_spec.name}", len(records), "latent") as bar:
+                scores, failed = await score_all(cell.scorer, records, explanations, ctx, done, self._store_one(cell),
+                                                 lambda: bar.update(1))
+        else:
+            scores = {latent: LatentScore(**result) for latent, result in done.items()}
+            failed = self._unfinished(cell, [rec.latent for rec in records if rec.latent not in done
+                                             and rec.latent in explanations and explanations[rec.latent].text is not None])
+        if self.share is not None:
+            return
         metrics = score_metrics(cell.scorer, scores, explanations, failed)
         # a latent without an explanation (its explainer's LLM gave up) is unfinished here too
         incomplete = len(failed) + sum(1 for rec in records if rec.latent not in explanations)
         metrics["failed_latents"] = float(incomplete)
         self._finish(cell, metrics, {"failed": {str(k): v for k, v in failed.items()}}, incomplete, time.perf_counter() - start)
+
+    def _unfinished(self, cell: "Cell", latents: list[int]) -> dict[int, str]:
+        """Latents with no stored result, with the error their worker stored (if any)."""
+        errors = self.store.latent_errors(cell.key, cell.config_hash)
+        return {latent: errors.get(latent, "no result was computed") for latent in latents}
 
     def _store_one(self, cell: "Cell") -> Store1:
         def store_one(latent: int, result: dict[str, Any] | None, error: str | None) -> None:

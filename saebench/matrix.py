@@ -8,7 +8,7 @@ ConfigError whose ``where`` is ``FILE: key.path``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -89,6 +89,38 @@ class LLMSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class StageResources(BaseModel):
+    """What one Ray task of a stage asks the cluster for (Ray's own resource names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(1, ge=0, description="also the task's torch threads")
+    num_gpus: float = Field(0, ge=0, description="give model stages a GPU (and the model options.device: cuda)")
+    memory: int | None = Field(None, ge=0, description="bytes of RAM to reserve")
+
+
+#: the stages the Ray executor fans out (saebench.ray_executor)
+RAY_STAGES = ("activations", "train", "records", "latents", "cells")
+
+
+class RaySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field("auto", description="auto: the running cluster; local: start one here; or HOST:PORT")
+    resources: dict[Literal[RAY_STAGES], StageResources] = Field(default_factory=dict)  # type: ignore[valid-type]
+    latents_per_task: PositiveInt = Field(64, description="latents per interpretability task")
+    max_retries: int = Field(3, ge=0, description="retries of a task whose worker died")
+
+    def stage(self, name: str) -> StageResources:
+        return self.resources.get(name, StageResources())  # type: ignore[call-overload]
+
+
+class RayExecutor(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ray: RaySpec = Field(default_factory=RaySpec)
+
+
 class Matrix(BaseModel):
     """One evaluation: every SAE is scored by every scorer on its model's hook point."""
 
@@ -105,6 +137,12 @@ class Matrix(BaseModel):
     llms: dict[str, LLMSpec] = Field(default_factory=dict, description="named LLM endpoints for explainers and judges")
     explainers: list[ExplainerSpec] = Field(default_factory=list, description="default: [top-tokens] when an interp scorer is set")
     interp: dict[str, Any] = Field(default_factory=dict, description="which latents and examples (saebench.records.RecordConfig)")
+    executor: str | dict[str, Any] = Field("local", description="local, or {ray: {address: auto}} (see RaySpec)")
+
+    @property
+    def ray(self) -> RaySpec | None:
+        """The Ray executor's settings; None for the local executor."""
+        return None if self.executor == "local" else RayExecutor.model_validate(self.executor).ray
 
     @field_validator("scorers", "explainers", mode="before")
     @classmethod
@@ -231,6 +269,12 @@ def check_matrix(m: Matrix, path: str | Path) -> None:
 
             TrainConfig.from_mapping(sae.train, f"{path}: {where}.train")
     check_interp(m, path)
+    if isinstance(m.executor, str) and m.executor != "local":
+        raise ConfigError(f"unknown executor {m.executor!r}; use local or {{ray: {{address: auto}}}}", f"{path}: executor")
+    try:
+        m.ray
+    except ValidationError as exc:
+        raise validation_error(exc, f"{path}: executor") from None
 
 
 def check_interp(m: Matrix, path: str | Path) -> None:

@@ -248,9 +248,12 @@ class Runner:
                 raise ConfigError(str(exc), f"{self.source}: data") from None
         return self.contexts[name][:n_contexts]
 
-    def ensure_caches(self, pending: list[Cell]) -> None:
-        """Fill the missing eval and train caches, one forward pass per model and token set."""
+    def ensure_caches(self, pending: list[Cell], only: str | None = None) -> None:
+        """Fill the missing eval and train caches, one forward pass per model and token set
+        (of model ``only`` when given: an executor fills each model's caches on its own worker)."""
         for name, spec in self.models.items():
+            if only is not None and name != only:
+                continue
             hooks = sorted({c.key.hookpoint for c in pending if c.key.model == name})
             missing = [h for h in hooks if not ActivationCache.exists(self.eval_cache_folder(spec, h))]
             n_eval = self.n_eval_contexts()
@@ -305,26 +308,30 @@ class Runner:
         marker = self.trained_folder(sae) / TRAINED_MARKER
         return marker.is_file() and json.loads(marker.read_text()).get("hash") == self.train_hash(sae)
 
+    def untrained(self) -> list[SAESpec]:
+        return [s for s in self.m.saes if s.train is not None and not self._trained(s)]
+
     def train_all(self) -> None:
+        for sae in self.untrained():
+            self.train_one(sae)
+
+    def train_one(self, sae: SAESpec) -> None:
         from saebench.training import TrainConfig, train_sae
 
-        for sae in self.m.saes:
-            if sae.train is None or self._trained(sae):
-                continue
-            spec = self.models[sae.model]
-            cfg = TrainConfig.from_mapping({"seed": self.m.seed, **sae.train}, f"{self.source}: saes")
-            cache = ActivationCache(self.train_cache_folder(spec, sae.hookpoint, self.train_tokens(sae)))
-            start = time.perf_counter()
-            with self.progress.bar(f"train {sae.name} ({cfg.arch}, d_sae {cfg.d_sae})", total=None, unit="step") as bar:
-                trained, stats = train_sae(
-                    cfg, lambda: cache.batches(cfg.batch_size), cache.d, hook_name=sae.hookpoint, model_name=spec.path,
-                    progress=bar.training,
-                )
-            folder = self.trained_folder(sae)
-            (folder / TRAINED_MARKER).unlink(missing_ok=True)
-            trained.cfg.metadata["training"] = json.loads(stats.model_dump_json())
-            save_sae(trained, folder)
-            (folder / TRAINED_MARKER).write_text(json.dumps({"hash": self.train_hash(sae), "seconds": time.perf_counter() - start}))
+        spec = self.models[sae.model]
+        cfg = TrainConfig.from_mapping({"seed": self.m.seed, **sae.train}, f"{self.source}: saes")
+        cache = ActivationCache(self.train_cache_folder(spec, sae.hookpoint, self.train_tokens(sae)))
+        start = time.perf_counter()
+        with self.progress.bar(f"train {sae.name} ({cfg.arch}, d_sae {cfg.d_sae})", total=None, unit="step") as bar:
+            trained, stats = train_sae(
+                cfg, lambda: cache.batches(cfg.batch_size), cache.d, hook_name=sae.hookpoint, model_name=spec.path,
+                progress=bar.training,
+            )
+        folder = self.trained_folder(sae)
+        (folder / TRAINED_MARKER).unlink(missing_ok=True)
+        trained.cfg.metadata["training"] = json.loads(stats.model_dump_json())
+        save_sae(trained, folder)
+        (folder / TRAINED_MARKER).write_text(json.dumps({"hash": self.train_hash(sae), "seconds": time.perf_counter() - start}))
 
     def load_cell_sae(self, sae: SAESpec):
         if sae.path is not None:
@@ -339,11 +346,19 @@ class Runner:
         try:
             pending = [c for c in cells if store.finished_hash(c.key) != c.config_hash or store.has_failed_latents(c.key)]
             self.report.skipped = len(cells) - len(pending)
-            untrained = [s for s in self.m.saes if s.train is not None and not self._trained(s)]
+            untrained = self.untrained()
             if not pending and not untrained:
                 self.progress.note(f"all {len(cells)} cells are finished in {self.output}; nothing to do")
                 return self.report
+            if self.m.ray is not None:
+                from saebench.ray_executor import RayRun, connect
+
+                connect(self.m.ray, self.source)
             self.check_dimensions(pending)
+            self.all_cells = cells
+            if self.m.ray is not None:
+                RayRun(self, store, pending).run()
+                return self.report
             self.ensure_caches(pending)
             self.report.timings["activations_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
@@ -351,7 +366,6 @@ class Runner:
             self.report.timings["training_s"] = time.perf_counter() - t1
             run_id = store.start_run(self.m.model_dump(mode="json"), versions(), self.m.seed)
             t2 = time.perf_counter()
-            self.all_cells = cells
             for client in self.llms.values():
                 client.use_cache(self.cache_dir / "llm-responses.sqlite")
             with self.progress.bar("cells", total=len(pending), unit="cell") as bar:
@@ -383,7 +397,7 @@ class Runner:
                     f"SAE {sae_spec.name!r} has d_in {sae.cfg.d_in} but {sae_spec.model} {sae_spec.hookpoint} has width {width}",
                     f"{self.source}: saes[{index[sae_spec.name]}]",
                 )
-        for sae_spec in (s for s in self.m.saes if s.train is not None and not self._trained(s)):
+        for sae_spec in self.untrained():
             # weights, gradients and two Adam moments of W_enc and W_dec: refuse what cannot fit, before any work
             d_sae = int(sae_spec.train.get("d_sae", 0))
             width = self.hook_width(sae_spec)

@@ -79,8 +79,11 @@ class CellKey:
 class ResultsStore:
     """Thin wrapper over the SQLite file; every write is its own committed transaction."""
 
-    def __init__(self, folder: str | Path, *, create: bool = True):
+    def __init__(self, folder: str | Path, *, create: bool = True, read_only: bool = False):
         self.path = Path(folder) / DB_NAME
+        if read_only:  # a worker's view of the driver's database (saebench.ray_executor)
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            return
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -160,6 +163,13 @@ class ResultsStore:
             "SELECT latent, result FROM latents WHERE model=? AND hookpoint=? AND sae=? AND scorer=? "
             "AND config_hash=? AND status='done'", (key.model, key.hookpoint, key.sae, key.scorer, config_hash))
         return {int(latent): json.loads(result) for latent, result in rows}
+
+    def latent_errors(self, key: CellKey, config_hash: str) -> dict[int, str]:
+        """The failed latents of a stage computed with this configuration hash: latent -> error."""
+        rows = self.db.execute(
+            "SELECT latent, error FROM latents WHERE model=? AND hookpoint=? AND sae=? AND scorer=? "
+            "AND config_hash=? AND status='failed'", (key.model, key.hookpoint, key.sae, key.scorer, config_hash))
+        return {int(latent): error for latent, error in rows}
 
     def latent_rows(self) -> list[dict[str, Any]]:
         """Every stored latent result (done and failed), for the detailed export."""
