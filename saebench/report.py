@@ -132,11 +132,10 @@ def write_report(output: str | Path, file: str | Path | None = None, latents: in
         cells, details = store.cells(), store.cell_details()
         archs = _architectures(store)
         cards = _latent_cards(store, details, latents)
-        runs = store.db.execute("SELECT run_id, started, finished, status, matrix, versions, seed FROM runs "
-                                "ORDER BY run_id").fetchall()
+        runs = store.runs()
     finally:
         store.close()
-    name = json.loads(runs[-1][4]).get("name") if runs else None
+    name = runs[-1]["matrix"].get("name") if runs else None
     sections = [
         ("leaderboard", "Leaderboard", _leaderboard(columns, rows, cells)),
         ("frontier", "Sparsity–fidelity frontier", _plots(columns, rows, archs)),
@@ -187,9 +186,10 @@ def _cell(value: Any) -> str:
 # -- frontier plots ----------------------------------------------------------------------------------
 def _architectures(store: ResultsStore) -> dict[tuple[str, str, str], str]:
     out: dict[tuple[str, str, str], str] = {}
-    for model, hookpoint, sae, config in store.db.execute("SELECT model, hookpoint, sae, config FROM cells"):
-        if out.get((model, hookpoint, sae), "unknown") == "unknown":
-            out[(model, hookpoint, sae)] = _arch(json.loads(config).get("sae"))
+    for c in store.cell_configs():
+        key = (c["model"], c["hookpoint"], c["sae"])
+        if out.get(key, "unknown") == "unknown":
+            out[key] = _arch(c["config"].get("sae"))
     return out
 
 
@@ -379,18 +379,20 @@ def _node(node: Any) -> str:
 
 
 # -- configuration -----------------------------------------------------------------------------------
-def _config(runs: list[tuple]) -> str:
+def _config(runs: list[dict]) -> str:
     if not runs:
         return '<p class="empty">No run recorded.</p>'
     import yaml
 
-    run_id, _, _, _, matrix, versions, seed = runs[-1]
-    text = yaml.safe_dump(json.loads(matrix), sort_keys=False, allow_unicode=True,
+    last = runs[-1]
+    run_id, seed = last["run_id"], last["seed"]
+    text = yaml.safe_dump(last["matrix"], sort_keys=False, allow_unicode=True,
                           width=float("inf"))  # a folded line would split a value the reader searches for
-    version_rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in json.loads(versions).items())
+    version_rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in last["versions"].items())
     run_rows = "".join(
-        f"<tr><td>{esc(r[0])}</td><td>{esc(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r[1])))}</td>"
-        f"<td>{esc(fmt(r[2] - r[1]) + ' s' if r[2] else '')}</td><td>{esc(r[3])}</td></tr>" for r in runs)
+        f"<tr><td>{esc(r['run_id'])}</td><td>{esc(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['started'])))}</td>"
+        f"<td>{esc(fmt(r['finished'] - r['started']) + ' s' if r['finished'] else '')}</td><td>{esc(r['status'])}</td></tr>"
+        for r in runs)
     return (f"<h3>Matrix of run {esc(run_id)} (seed {esc(seed)})</h3><pre>{esc(text)}</pre>"
             f"<h3>Versions</h3><table>{version_rows}</table>"
             f"<h3>Runs</h3><table><thead><tr><th>run</th><th>started</th><th>took</th><th>status</th></tr></thead>"

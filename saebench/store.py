@@ -108,6 +108,12 @@ class ResultsStore:
             (time.time(), status, json.dumps(timings), run_id),
         )
 
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, oldest first, with its matrix and versions parsed."""
+        cur = self.db.execute("SELECT run_id, started, finished, status, matrix, versions, seed FROM runs ORDER BY run_id")
+        return [{"run_id": r, "started": st, "finished": f, "status": status, "matrix": json.loads(m),
+                 "versions": json.loads(v), "seed": seed} for r, st, f, status, m, v, seed in cur.fetchall()]
+
     # -- cells ------------------------------------------------------------------------------
     def finished_hash(self, key: CellKey) -> str | None:
         row = self.db.execute(
@@ -182,6 +188,11 @@ class ResultsStore:
         cur = self.db.execute("SELECT model, hookpoint, sae, scorer, status, error, seconds FROM cells ORDER BY rowid")
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def cell_configs(self) -> list[dict[str, Any]]:
+        """Every cell's configuration (the inputs its hash covers: model, SAE identity, scorer...)."""
+        cur = self.db.execute("SELECT model, hookpoint, sae, scorer, config FROM cells ORDER BY rowid")
+        return [{"model": m, "hookpoint": h, "sae": s, "scorer": sc, "config": json.loads(c)} for m, h, s, sc, c in cur]
 
     def cell_details(self) -> list[dict[str, Any]]:
         """Every finished cell with its details (free-form JSON: trees, per-task results...)."""
