@@ -57,10 +57,13 @@ class Job:
 
 
 class BufferStore:
-    """A worker's results store: reads the driver's database read-only, keeps its writes for the driver."""
+    """A worker's results store: what the driver read for the task (``known``: per cell, its stored
+    latent results and errors) and the writes the task would make, returned to the driver. Workers
+    never open results.sqlite, so it can stay on the driver's disk (SQLite's WAL mode does not work
+    over a network file system)."""
 
-    def __init__(self, output) -> None:
-        self.db = ResultsStore(output, read_only=True)
+    def __init__(self, known: dict[CellKey, tuple[dict, dict]] | None = None) -> None:
+        self.known = known or {}
         self.writes: list[tuple] = []
 
     def write_cell(self, key: CellKey, **kwargs) -> None:
@@ -70,13 +73,10 @@ class BufferStore:
         self.writes.append(("write_latent", key, latent, kwargs))
 
     def latent_results(self, key: CellKey, config_hash: str) -> dict[int, dict[str, Any]]:
-        return self.db.latent_results(key, config_hash)
+        return dict(self.known.get(key, ({}, {}))[0])  # read by the driver with this cell's hash
 
     def latent_errors(self, key: CellKey, config_hash: str) -> dict[int, str]:
-        return self.db.latent_errors(key, config_hash)
-
-    def close(self) -> None:
-        self.db.close()
+        return dict(self.known.get(key, ({}, {}))[1])
 
 
 class _NoBar:
@@ -111,30 +111,27 @@ def _worker(job: Job) -> "Runner":
     return _RUNNERS[job.key]
 
 
-def _guarded(work: Callable[[BufferStore | None], None], runner: "Runner", with_store: bool) -> dict[str, Any]:
+def _guarded(work: Callable[[BufferStore], None], known: dict | None = None) -> dict[str, Any]:
     """Run ``work``; return its buffered writes and, for bad input, the error to raise on the driver."""
-    store = BufferStore(runner.output) if with_store else None
+    store = BufferStore(known)
     error = None
     try:
         work(store)
     except SaebenchError as exc:
         error = {"problem": exc.problem, "where": None if exc.where is None else str(exc.where), "type": type(exc).__name__}
-    finally:
-        if store is not None:
-            store.close()
-    return {"writes": store.writes if store else [], "error": error}
+    return {"writes": store.writes, "error": error}
 
 
 def activations_task(job: Job, model: str, keys: list[CellKey]) -> dict[str, Any]:
     runner = _worker(job)
     pending = [c for c in runner.all_cells if c.key in set(keys)]
-    return _guarded(lambda _: runner.ensure_caches(pending, only=model), runner, False)
+    return _guarded(lambda _: runner.ensure_caches(pending, only=model))
 
 
 def train_task(job: Job, sae_name: str) -> dict[str, Any]:
     runner = _worker(job)
     spec = next(s for s in runner.m.saes if s.name == sae_name)
-    return _guarded(lambda _: runner.train_one(spec), runner, False)
+    return _guarded(lambda _: runner.train_one(spec))
 
 
 def _stage(runner: "Runner", store, run_id: int, sae_name: str, with_sae: bool = True, bar: Any = None):
@@ -149,19 +146,19 @@ def _stage(runner: "Runner", store, run_id: int, sae_name: str, with_sae: bool =
 
 def records_task(job: Job, sae_name: str) -> dict[str, Any]:
     runner = _worker(job)
-    return _guarded(lambda _: _stage(runner, None, job.run_id, sae_name).records(), runner, False)
+    return _guarded(lambda _: _stage(runner, None, job.run_id, sae_name).records())
 
 
-def latents_task(job: Job, sae_name: str, keys: list[CellKey], latents: list[int]) -> dict[str, Any]:
+def latents_task(job: Job, sae_name: str, keys: list[CellKey], latents: list[int], known: dict) -> dict[str, Any]:
     runner = _worker(job)
     cells = [c for c in runner.all_cells if c.key in set(keys)]
-    return _guarded(lambda store: _stage(runner, store, job.run_id, sae_name).run(cells, latents=latents), runner, True)
+    return _guarded(lambda store: _stage(runner, store, job.run_id, sae_name).run(cells, latents=latents), known)
 
 
-def cells_task(job: Job, sae_name: str, keys: list[CellKey]) -> dict[str, Any]:
+def cells_task(job: Job, sae_name: str, keys: list[CellKey], known: dict) -> dict[str, Any]:
     runner = _worker(job)
     cells = [c for c in runner.all_cells if c.key in set(keys)]
-    return _guarded(lambda store: runner._score_group(store, job.run_id, cells, _NoBar()), runner, True)
+    return _guarded(lambda store: runner._score_group(store, job.run_id, cells, _NoBar()), known)
 
 
 # -- driver side ----------------------------------------------------------------------------------
@@ -237,13 +234,14 @@ class RayRun:
 
             raise getattr(errors, first_error["type"], SaebenchError)(first_error["problem"], first_error["where"])
 
+    def known(self, cells: list["Cell"]) -> dict[CellKey, tuple[dict, dict]]:
+        """The stored latent results and errors of ``cells``, what a task's BufferStore answers."""
+        return {c.key: (self.store.latent_results(c.key, c.config_hash), self.store.latent_errors(c.key, c.config_hash))
+                for c in cells}
+
     def apply(self, writes: list[tuple]) -> None:
-        for write in writes:
-            if write[0] == "write_latent":
-                _, key, latent, kwargs = write
-                self.store.write_latent(key, latent, **kwargs)
-                continue
-            _, key, kwargs = write
+        self.store.write_latents([w[1:] for w in writes if w[0] == "write_latent"])
+        for _, key, kwargs in (w for w in writes if w[0] == "write_cell"):
             self.store.write_cell(key, **kwargs)
             if kwargs.get("error"):
                 self.r.report.failed.append((key, kwargs["error"]))
@@ -268,14 +266,17 @@ class RayRun:
         for c in self.pending:
             if c.stage not in INTERP:
                 groups.setdefault(c.sae.name, []).append(c.key)
+        rules = f"explain[{r.rule_explainer[0]}]"  # what probe scorers that name rules read (interp_stage.explain_latents)
+        explained = {sae: self.known([c for c in r.all_cells if c.sae.name == sae and c.key.scorer == rules])
+                     for sae in groups}
 
         def lost(sae_name: str, error: str) -> None:
             for cell in (c for c in self.pending if c.sae.name == sae_name and c.stage not in INTERP):
                 self.apply([("write_cell", cell.key, {"config_hash": cell.config_hash, "config": cell.config,
                                                       "run_id": run_id, "seconds": 0.0, "error": error})])
 
-        self.drain("cells", {self.submit("cells", cells_task, sae, ks): sae for sae, ks in groups.items()}, "sae",
-                   on_lost=lost)
+        self.drain("cells", {self.submit("cells", cells_task, sae, ks, explained[sae]): sae for sae, ks in groups.items()},
+                   "sae", on_lost=lost)
         r.report.timings["cells_s"] = time.perf_counter() - t2
         r.report.timings["total_s"] = time.perf_counter() - t0
         self.store.finish_run(run_id, "failed cells" if r.report.failed else "ok", r.report.timings)
@@ -301,9 +302,11 @@ class RayRun:
             stage = _stage(self.r, self.store, run_id, sae, with_sae=False)
             latents = [rec.latent for rec in stage.records().records]
             n = self.spec.latents_per_task
+            stored = self.known([c for c in self.r.all_cells if c.sae.name == sae and c.stage in INTERP])
             for i in range(0, len(latents), n):
                 share = latents[i:i + n]
-                shares[self.submit("latents", latents_task, sae, [c.key for c in group], share)] = (sae, tuple(share))
+                known = {key: tuple({j: d[j] for j in share if j in d} for d in pair) for key, pair in stored.items()}
+                shares[self.submit("latents", latents_task, sae, [c.key for c in group], share, known)] = (sae, tuple(share))
 
         def lost(what: tuple, error: str) -> None:  # every result of the share's latents not stored yet fails
             sae, share = what

@@ -163,6 +163,13 @@ class ResultsStore:
              None if result is None else json.dumps(result, default=str), error, time.time()),
         )
 
+    def write_latents(self, rows: list[tuple[CellKey, int, dict[str, Any]]]) -> None:
+        """Many latents' results (key, latent, write_latent's keywords) in one transaction: an executor's
+        task returns hundreds at once, and one commit each would make the driver the bottleneck."""
+        with self._transaction():
+            for key, latent, kwargs in rows:
+                self.write_latent(key, latent, **kwargs)
+
     def latent_results(self, key: CellKey, config_hash: str) -> dict[int, dict[str, Any]]:
         """The finished latents of a stage computed with this configuration hash: latent -> result."""
         rows = self.db.execute(
