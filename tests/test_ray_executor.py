@@ -25,7 +25,8 @@ from test_crash_safety import answer, make_folder
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'saebench[ray]')")
 
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "OPENAI_API_KEY": "sk-x", "RAY_USAGE_STATS_ENABLED": "0"}
+KEY = f"sk-planted-{secrets.token_hex(12)}"  # must never reach a file the run writes
+ENV = {**os.environ, "OPENAI_API_KEY": KEY, "RAY_USAGE_STATS_ENABLED": "0"}
 STAGES = ("activations", "train", "records", "latents", "cells")
 
 
@@ -97,6 +98,8 @@ def test_a_run_on_ray_gives_the_local_leaderboard(tmp_path, cluster, local_board
         assert (folder / "runs" / "crash" / "saes" / "topk" / "trained.json").is_file()
         again = run(folder)  # everything finished: nothing is submitted, nothing changes
         assert again.wait(timeout=300) == 0 and board(folder) == local_board
+        leaked = [p for p in (folder / "runs").rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+        assert not leaked, leaked
 
 
 @pytest.mark.slow
