@@ -65,15 +65,17 @@ class InterpStage:
         return records
 
     # -- the stage ------------------------------------------------------------------------------
-    def run(self, cells: list["Cell"], *, latents: Collection[int] | None = None, compute: bool = True) -> None:
+    def run(self, cells: list["Cell"], *, latents: Collection[int] | None = None, compute: bool = True,
+            records=None) -> None:
         """Compute the pending ``cells`` (explain and interp cells of this SAE) in one event loop.
 
         An executor splits this in two (saebench.ray_executor): workers compute shares of the latents
         (``latents``: only those, and no cell rows), then the driver writes the cells from what is
-        stored (``compute=False``: no LLM call; a latent without a result counts as failed)."""
+        stored (``compute=False``: no LLM call; a latent without a result counts as failed).
+        ``records``: this SAE's RecordSet when the caller has it loaded already."""
         self.share = None if latents is None else set(latents)
         self.compute = compute
-        rs = self.records()
+        rs = records if records is not None else self.records()
         asyncio.run(self._run(rs, {c.key for c in cells}))
 
     async def _run(self, rs, pending: set[CellKey]) -> None:

@@ -21,11 +21,13 @@ executor: a run started locally resumes on Ray and back.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -49,11 +51,12 @@ class Job:
     matrix: dict[str, Any]
     source: str
     cwd: str
+    token: str  # one per driver run: a long-lived worker must not reuse state planned for an earlier run
     run_id: int = 0
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps([self.matrix, self.source, self.cwd], sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps([self.matrix, self.source, self.cwd, self.token], sort_keys=True).encode()).hexdigest()
 
 
 class BufferStore:
@@ -89,6 +92,15 @@ class _NoBar:
 
 # -- worker side ----------------------------------------------------------------------------------
 _RUNNERS: dict[str, "Runner"] = {}
+#: the last SAE and latent records a worker used, kept for its next task (a share of the same SAE)
+_LAST: dict[str, tuple[Any, Any]] = {}
+
+
+def _last(kind: str, key: Any, make: Callable[[], Any]) -> Any:
+    if kind not in _LAST or _LAST[kind][0] != key:
+        _LAST.pop(kind, None)  # free the previous one before loading the next
+        _LAST[kind] = (key, make())
+    return _LAST[kind][1]
 
 
 def _worker(job: Job) -> "Runner":
@@ -103,6 +115,7 @@ def _worker(job: Job) -> "Runner":
     torch.set_num_threads(max(1, threads))
     if job.key not in _RUNNERS:
         _RUNNERS.clear()
+        _LAST.clear()
         runner = Runner(Matrix.model_validate(job.matrix), source=job.source, progress=Progress(enabled=False))
         runner.all_cells = runner.plan()
         for client in runner.llms.values():
@@ -140,7 +153,7 @@ def _stage(runner: "Runner", store, run_id: int, sae_name: str, with_sae: bool =
 
     spec = next(s for s in runner.m.saes if s.name == sae_name)
     cache = ActivationCache(runner.eval_cache_folder(runner.models[spec.model], spec.hookpoint))
-    sae = runner.load_cell_sae(spec) if with_sae else None
+    sae = _last("sae", sae_name, lambda: runner.load_cell_sae(spec)) if with_sae else None
     return InterpStage(runner, store, run_id, spec, sae, cache, bar or _NoBar())
 
 
@@ -152,7 +165,12 @@ def records_task(job: Job, sae_name: str) -> dict[str, Any]:
 def latents_task(job: Job, sae_name: str, keys: list[CellKey], latents: list[int], known: dict) -> dict[str, Any]:
     runner = _worker(job)
     cells = [c for c in runner.all_cells if c.key in set(keys)]
-    return _guarded(lambda store: _stage(runner, store, job.run_id, sae_name).run(cells, latents=latents), known)
+    def work(store: BufferStore) -> None:
+        stage = _stage(runner, store, job.run_id, sae_name)
+        records = _last("records", stage.records_path(), stage.records)  # not re-read for every share
+        stage.run(cells, latents=latents, records=records)
+
+    return _guarded(work, known)
 
 
 def cells_task(job: Job, sae_name: str, keys: list[CellKey], known: dict) -> dict[str, Any]:
@@ -197,7 +215,7 @@ class RayRun:
         self.ray = ray
         self.r, self.store, self.pending = runner, store, pending
         self.spec: RaySpec = runner.m.ray
-        self.job = Job(runner.m.model_dump(mode="json"), runner.source, os.getcwd())
+        self.job = Job(runner.m.model_dump(mode="json"), runner.source, os.getcwd(), uuid.uuid4().hex)
 
     def submit(self, stage: str, fn: Callable, *args):
         res = self.spec.stage(stage)
@@ -260,7 +278,7 @@ class RayRun:
         r.report.timings["training_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         run_id = self.store.start_run(r.m.model_dump(mode="json"), _versions(), r.m.seed)
-        self.job = Job(self.job.matrix, self.job.source, self.job.cwd, run_id)
+        self.job = dataclasses.replace(self.job, run_id=run_id)
         self.interp(run_id)
         groups: dict[str, list[CellKey]] = {}
         for c in self.pending:

@@ -10,13 +10,17 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+import saebench
 
 from saebench.fakellm import FakeLLMServer
 from saebench.leaderboard import render
@@ -100,6 +104,25 @@ def test_a_run_on_ray_gives_the_local_leaderboard(tmp_path, cluster, local_board
         assert again.wait(timeout=300) == 0 and board(folder) == local_board
         leaked = [p for p in (folder / "runs").rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
         assert not leaked, leaked
+        # a changed checkpoint: only its cells are recomputed on Ray, stored with the new configuration
+        # hash, so the next run finds every cell finished
+        sae = saebench.load_sae(folder / "sae")
+        with torch.no_grad():
+            sae.W_enc.mul_(0.5)
+        saebench.save_sae(sae, folder / "sae")
+        assert run(folder).wait(timeout=600) == 0
+        before = finished(folder)
+        assert run(folder).wait(timeout=300) == 0 and finished(folder) == before
+        now, then = ({row["sae"]: row for row in b} for b in (board(folder), local_board))
+        assert now["relu"] != then["relu"] and now["topk"] == then["topk"]
+
+
+def finished(folder: Path) -> list:
+    db = sqlite3.connect(folder / "runs" / "crash" / "results.sqlite")
+    try:
+        return db.execute("SELECT sae, scorer, config_hash, finished FROM cells ORDER BY rowid").fetchall()
+    finally:
+        db.close()
 
 
 @pytest.mark.slow
