@@ -5,6 +5,7 @@ explanations and judgements from an HTTP LLM, intrinsic and probe cells."""
 
 import csv
 import io
+import json
 import os
 import secrets
 import shutil
@@ -23,7 +24,7 @@ import yaml
 import saebench
 
 from saebench.fakellm import FakeLLMServer
-from saebench.leaderboard import render
+from saebench.leaderboard import details_json, render
 from test_crash_safety import answer, make_folder
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'saebench[ray]')")
@@ -51,6 +52,24 @@ def cluster(tmp_path_factory):
     assert start.returncode == 0, start.stderr[-2000:]
     yield f"127.0.0.1:{port}"
     subprocess.run([str(BIN / "ray"), "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+
+
+def make(folder: Path, tiny_llama, tiny_corpus, url: str) -> Path:
+    """The crash-safety matrix plus TreeProbe, whose rules are named from the stored explanations
+    (on Ray, the driver hands them to the cells task)."""
+    make_folder(folder, tiny_llama, tiny_corpus, url)
+    path = folder / "matrix.yaml"
+    matrix = yaml.safe_load(path.read_text())
+    matrix["scorers"].append({"name": "treeprobe", "options": {"tasks": ["python_token_type"], "finetune_epochs": 5,
+                                                                "seeds": 1, "max_rows": 1024}})
+    path.write_text(yaml.safe_dump(matrix, sort_keys=False))
+    return folder
+
+
+def trees(folder: Path) -> dict:
+    """Each SAE's TreeProbe tree, with its rule names."""
+    cells = json.loads(details_json(folder / "runs" / "crash", "treeprobe"))
+    return {c["sae"]: c["details"]["tasks"]["python_token_type"]["tree"] for c in cells}
 
 
 def on_ray(folder: Path, address: str) -> None:
@@ -84,20 +103,22 @@ def worker_running(stage: str) -> int | None:
 @pytest.fixture(scope="module")
 def local_board(tmp_path_factory, tiny_llama, tiny_corpus):
     with FakeLLMServer(answer=answer, delay_s=0.02) as server:
-        folder = make_folder(tmp_path_factory.mktemp("local") / "m", tiny_llama, tiny_corpus, server.openai_url)
+        folder = make(tmp_path_factory.mktemp("local") / "m", tiny_llama, tiny_corpus, server.openai_url)
         proc = run(folder)
         assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
-    return board(folder)
+    return board(folder), trees(folder)
 
 
 @pytest.mark.slow
 def test_a_run_on_ray_gives_the_local_leaderboard(tmp_path, cluster, local_board, tiny_llama, tiny_corpus):
     with FakeLLMServer(answer=answer, delay_s=0.02) as server:
-        folder = make_folder(tmp_path / "m", tiny_llama, tiny_corpus, server.openai_url)
+        folder = make(tmp_path / "m", tiny_llama, tiny_corpus, server.openai_url)
         on_ray(folder, cluster)
         proc = run(folder)
         assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+        local_board, local_trees = local_board
         assert len(local_board) == 2 and board(folder) == local_board
+        assert trees(folder) == local_trees and "Is there" in json.dumps(local_trees)  # rules named alike
         # the work ran on the cluster's workers: the trained SAE and the records came from there
         assert (folder / "runs" / "crash" / "saes" / "topk" / "trained.json").is_file()
         again = run(folder)  # everything finished: nothing is submitted, nothing changes
@@ -129,7 +150,7 @@ def finished(folder: Path) -> list:
 @pytest.mark.parametrize("stage", ["train", "latents", "cells"])
 def test_a_killed_worker_only_delays_the_run(tmp_path, cluster, local_board, tiny_llama, tiny_corpus, stage):
     with FakeLLMServer(answer=answer, delay_s=0.05) as server:
-        folder = make_folder(tmp_path / "m", tiny_llama, tiny_corpus, server.openai_url)
+        folder = make(tmp_path / "m", tiny_llama, tiny_corpus, server.openai_url)
         on_ray(folder, cluster)
         proc = run(folder)
         killed = None
@@ -146,5 +167,5 @@ def test_a_killed_worker_only_delays_the_run(tmp_path, cluster, local_board, tin
             time.sleep(0.05)
         assert killed is not None, f"no {stage} task was seen running"
         assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
-        assert board(folder) == local_board
+        assert board(folder) == local_board[0]
         shutil.rmtree(folder / "runs", ignore_errors=True)

@@ -101,6 +101,27 @@ def test_without_an_explainer_rules_name_the_strongest_task_tokens():
         result.metrics.get("stability") is None
 
 
+def test_a_rule_wider_than_half_the_sae_has_no_random_control_and_does_not_fail():
+    data = planted_data(n=1200)
+    data.acts = data.acts[:, :8].contiguous()  # eight latents: rules can use more than half of them
+    scorer = saebench.plugin_manager.get("scorer", "treeprobe")(tasks=["python_syntax"], rule_target=1.0,
+                                                                 max_rule_latents=8, finetune_epochs=0, seeds=1)
+    inputs = EvalInputs(hookpoint="layers.0", activations=lambda bt: iter(()), tokens=torch.zeros(0, 0, dtype=torch.long),
+                        probe_data=lambda task, **kw: data)
+    tree = scorer.score(identity_sae(8), inputs).details["tasks"]["python_syntax"]["tree"]
+    nodes, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        if "children" in node:
+            nodes.append(node)
+            todo.extend(node["children"])
+    wide = [n for n in nodes if 2 * len(n["latents"]) > 8]
+    assert wide, [len(n["latents"]) for n in nodes]  # the case under test occurred
+    for node in nodes:
+        assert node["flip_rate"] is not None
+        assert (node["random_flip_rate"] is None) == (node in wide)
+
+
 def test_sequence_tasks_and_two_class_tasks_are_refused():
     with pytest.raises(ConfigError, match="token-level"):
         saebench.plugin_manager.get("scorer", "treeprobe")(tasks=["text_source"])

@@ -175,7 +175,9 @@ class TreeProbeScorer(saebench.Scorer):
             latents = rule["latents"]
             flip = _finite(nbdt.flip_rate(tree, x_te, y_te, node, latents)) if latents else None
             controls = []
-            for draw in range(RANDOM_DRAWS if flip is not None else 0):
+            # the control needs as many latents again, disjoint from the rule: a narrow SAE may not have them
+            matchable = flip is not None and frequency.numel() >= 2 * len(latents)
+            for draw in range(RANDOM_DRAWS if matchable else 0):
                 other = nbdt.matched_random(latents, frequency, exclude=latents, seed=draw)
                 controls.append(nbdt.flip_rate(tree, x_te, y_te, node, other))
             nodes[node] = {**rule, "flip_rate": flip,
