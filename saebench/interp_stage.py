@@ -37,23 +37,28 @@ class InterpStage:
         self.runner, self.store, self.run_id = runner, store, run_id
         self.sae_spec, self.sae, self.cache, self.bar = sae_spec, sae, cache, bar
         self.progress = runner.progress
+        self.record_files: list[str] | None = None  # set by an executor that stored the records in parts
 
     # -- records --------------------------------------------------------------------------------
-    def records_path(self) -> Path:
+    def records_path(self, part: Sequence[int] | None = None) -> Path:
         r = self.runner
         key = cache_key(sae=r.sae_identity(self.sae_spec), cache=self.cache.folder.name, interp=r.record_config.model_dump())
-        return r.cache_dir / "records" / f"{self.sae_spec.name}-{key}.json.gz"
+        name = f"{self.sae_spec.name}-{key}"
+        if part is not None:  # an executor's share of the latents, built and stored on its own
+            name += f"-part-{cache_key(latents=list(part))}"
+        return r.cache_dir / "records" / f"{name}.json.gz"
 
-    def records(self):
+    def records(self, part: Sequence[int] | None = None):
+        """This SAE's latent records (of the latents in ``part`` only, when given): from the cache, or built."""
         from saebench.records import RecordSet, build_records, planned_passes, select_latents
 
-        path = self.records_path()
+        path = self.records_path(part)
         if path.is_file():
             return RecordSet.load(path)
         cfg = self.runner.record_config
         adapter = self.runner.adapter(self.sae_spec.model)
         tokens = self.cache.tokens()
-        latents = select_latents(self.sae.cfg.d_sae, cfg)
+        latents = list(part) if part is not None else select_latents(self.sae.cfg.d_sae, cfg)
         n = len(latents) if isinstance(latents, list) else latents  # an int: N sampled among the live latents
         passes = planned_passes(n, cfg, counting=isinstance(latents, int))
         label = f"latent records {self.sae_spec.name} ({n} latents)"
@@ -97,7 +102,7 @@ class InterpStage:
             if explain_cell.key in pending and self.share is None:
                 metrics = explain_metrics(rs, explanations, failed)
                 details = {"skipped": {str(k): v for k, v in rs.skipped.items()}, "failed": {str(k): v for k, v in failed.items()},
-                           "records": str(self.records_path())}  # the report's activating examples
+                           "records": self.record_files or str(self.records_path().absolute())}  # the report's examples
                 self._finish(explain_cell, metrics, details, len(failed), time.perf_counter() - start)
             # The scorers of one explainer run together, so their LLM calls share the clients' concurrency.
             await asyncio.gather(*(self._score_cell(cell, records, explanations) for cell in scorers))

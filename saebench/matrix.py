@@ -109,6 +109,8 @@ class RaySpec(BaseModel):
     address: str = Field("auto", description="auto: the running cluster; local: start one here; or HOST:PORT")
     resources: dict[Literal[RAY_STAGES], StageResources] = Field(default_factory=dict)  # type: ignore[valid-type]
     latents_per_task: PositiveInt = Field(64, description="latents per interpretability task")
+    latents_per_records_task: PositiveInt = Field(
+        16384, description="latents per latent-records task when interp.latents is a list or all (a sample: one task)")
     max_retries: int = Field(3, ge=0, description="retries of a task whose worker died")
 
     def stage(self, name: str) -> StageResources:

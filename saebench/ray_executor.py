@@ -29,6 +29,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -124,15 +125,16 @@ def _worker(job: Job) -> "Runner":
     return _RUNNERS[job.key]
 
 
-def _guarded(work: Callable[[BufferStore], None], known: dict | None = None) -> dict[str, Any]:
-    """Run ``work``; return its buffered writes and, for bad input, the error to raise on the driver."""
+def _guarded(work: Callable[[BufferStore], Any], known: dict | None = None) -> dict[str, Any]:
+    """Run ``work``; return what it returned, its buffered writes and, for bad input, the error to
+    raise on the driver."""
     store = BufferStore(known)
-    error = None
+    value = error = None
     try:
-        work(store)
+        value = work(store)
     except SaebenchError as exc:
         error = {"problem": exc.problem, "where": None if exc.where is None else str(exc.where), "type": type(exc).__name__}
-    return {"writes": store.writes, "error": error}
+    return {"value": value, "writes": store.writes, "error": error}
 
 
 def activations_task(job: Job, model: str, keys: list[CellKey]) -> dict[str, Any]:
@@ -157,17 +159,36 @@ def _stage(runner: "Runner", store, run_id: int, sae_name: str, with_sae: bool =
     return InterpStage(runner, store, run_id, spec, sae, cache, bar or _NoBar())
 
 
-def records_task(job: Job, sae_name: str) -> dict[str, Any]:
+@dataclass
+class RecordSummary:
+    """What the driver needs of an SAE's latent records (its latents, not their examples)."""
+
+    records: list[SimpleNamespace]
+    skipped: dict[int, int]
+    n_alive: int | None = None
+    n_eligible: int | None = None
+
+
+def records_task(job: Job, sae_name: str, part: list[int] | None) -> dict[str, Any]:
+    """The records of an SAE (of the latents in ``part``, when the run splits them); returns their summary."""
     runner = _worker(job)
-    return _guarded(lambda _: _stage(runner, None, job.run_id, sae_name).records())
+
+    def work(_) -> RecordSummary:
+        rs = _stage(runner, None, job.run_id, sae_name).records(part)
+        return RecordSummary([SimpleNamespace(latent=r.latent) for r in rs.records], rs.skipped, rs.n_alive, rs.n_eligible)
+
+    return _guarded(work)
 
 
-def latents_task(job: Job, sae_name: str, keys: list[CellKey], latents: list[int], known: dict) -> dict[str, Any]:
+def latents_task(job: Job, sae_name: str, keys: list[CellKey], latents: list[int], known: dict,
+                 part: list[int] | None) -> dict[str, Any]:
     runner = _worker(job)
     cells = [c for c in runner.all_cells if c.key in set(keys)]
+
     def work(store: BufferStore) -> None:
         stage = _stage(runner, store, job.run_id, sae_name)
-        records = _last("records", stage.records_path(), stage.records)  # not re-read for every share
+        # the records (or the records part) holding these latents, kept for this worker's next share
+        records = _last("records", stage.records_path(part), lambda: stage.records(part))
         stage.run(cells, latents=latents, records=records)
 
     return _guarded(work, known)
@@ -309,22 +330,26 @@ class RayRun:
             return
 
         def no_records(sae: str, error: str) -> None:
-            for cell in cells.pop(sae):
+            for cell in cells.pop(sae, []):
                 self.apply([("write_cell", cell.key, {"config_hash": cell.config_hash, "config": cell.config,
                                                       "run_id": run_id, "seconds": 0.0, "error": error})])
 
-        self.drain("latent records", {self.submit("records", records_task, sae): sae for sae in cells}, "sae",
-                   on_lost=no_records)
+        parts = {sae: self.record_parts(sae) for sae in cells}
+        summaries: dict[tuple[str, tuple | None], RecordSummary] = {}
+        jobs = {self.submit("records", records_task, sae, part): (sae, None if part is None else tuple(part))
+                for sae in cells for part in (parts[sae] or [None])}
+        self.drain("latent records", jobs, "task", on_done=lambda what, result: summaries.__setitem__(what, result["value"]),
+                   on_lost=lambda what, error: no_records(what[0], error))
         shares: dict = {}
         for sae, group in cells.items():
-            stage = _stage(self.r, self.store, run_id, sae, with_sae=False)
-            latents = [rec.latent for rec in stage.records().records]
-            n = self.spec.latents_per_task
             stored = self.known([c for c in self.r.all_cells if c.sae.name == sae and c.stage in INTERP])
-            for i in range(0, len(latents), n):
-                share = latents[i:i + n]
-                known = {key: tuple({j: d[j] for j in share if j in d} for d in pair) for key, pair in stored.items()}
-                shares[self.submit("latents", latents_task, sae, [c.key for c in group], share, known)] = (sae, tuple(share))
+            for part in parts[sae] or [None]:
+                latents = [rec.latent for rec in summaries[(sae, None if part is None else tuple(part))].records]
+                for i in range(0, len(latents), self.spec.latents_per_task):
+                    share = latents[i:i + self.spec.latents_per_task]
+                    known = {key: tuple({j: d[j] for j in share if j in d} for d in pair) for key, pair in stored.items()}
+                    ref = self.submit("latents", latents_task, sae, [c.key for c in group], share, known, part)
+                    shares[ref] = (sae, tuple(share))
 
         def lost(what: tuple, error: str) -> None:  # every result of the share's latents not stored yet fails
             sae, share = what
@@ -336,7 +361,26 @@ class RayRun:
         self.drain("latents", shares, "latent", size=lambda what: len(what[1]), on_lost=lost)
         with self.r.progress.bar("interpretability cells", total=sum(len(g) for g in cells.values()), unit="cell") as bar:
             for sae, group in cells.items():
-                _stage(self.r, self.store, run_id, sae, with_sae=False, bar=bar).run(group, compute=False)
+                stage = _stage(self.r, self.store, run_id, sae, with_sae=False, bar=bar)
+                if parts[sae] is None:
+                    summary = summaries[(sae, None)]
+                else:  # the parts in order: the records the one-task build would have listed
+                    pieces = [summaries[(sae, tuple(part))] for part in parts[sae]]
+                    summary = RecordSummary([r for p in pieces for r in p.records], {k: v for p in pieces for k, v in p.skipped.items()})
+                    stage.record_files = [str(stage.records_path(part).absolute()) for part in parts[sae]]
+                stage.run(group, compute=False, records=summary)
+
+    def record_parts(self, sae_name: str) -> list[list[int]] | None:
+        """The latents of each records task of an SAE; None for one task. A list or all of the
+        latents split into ``latents_per_records_task``; a sample of N is drawn (and built) in one task."""
+        from saebench.records import select_latents
+
+        cfg = self.r.record_config
+        if not (cfg.latents == "all" or isinstance(cfg.latents, list)):
+            return None
+        latents = select_latents(self.r.d_sae(next(s for s in self.r.m.saes if s.name == sae_name)), cfg)
+        n = self.spec.latents_per_records_task
+        return None if len(latents) <= n else [latents[i:i + n] for i in range(0, len(latents), n)]
 
 
 def _versions() -> dict[str, str]:

@@ -21,7 +21,7 @@ import re
 import string
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from saebench.leaderboard import ID_COLUMNS, leaderboard_rows
 from saebench.store import ResultsStore
@@ -283,8 +283,8 @@ def _latent_cards(store: ResultsStore, details: list[dict], limit: int) -> str:
     for key, latents in by_sae.items():
         if not any(s.startswith("explain[") for per in latents.values() for s in per):
             continue
-        records, note = _records(paths.get(key))
         shown = sorted(latents)[:max(limit, 0)]
+        records, note = _records(paths.get(key), shown)
         parts.append(f"<h3>{esc(key[2])} <small>{esc(key[0])} · {esc(key[1])} · {len(shown)} of {len(latents)} "
                      "explained latents</small></h3>")
         if note:
@@ -293,18 +293,27 @@ def _latent_cards(store: ResultsStore, details: list[dict], limit: int) -> str:
     return "".join(parts) or '<p class="empty">No explained latents in this run.</p>'
 
 
-def _records(path: Any) -> tuple[dict, str | None]:
+def _records(path: Any, wanted: Iterable[int]) -> tuple[dict, str | None]:
+    """The records of the ``wanted`` latents from the explain cell's records file, or from its parts
+    (a Ray run splits them), read in order until every wanted latent is found."""
     from saebench.errors import SaebenchError
     from saebench.records import RecordSet
 
-    if not isinstance(path, str):
+    paths = [path] if isinstance(path, str) else path if isinstance(path, list) else None
+    if not paths or not all(isinstance(p, str) for p in paths):
         return {}, "Its explain cell names no latent-records file (computed before reports existed): no examples."
-    if not Path(path).is_file():
-        return {}, f"The latent-records file {path} is gone (a cleared cache?): examples are not shown."
-    try:
-        return {r.latent: r for r in RecordSet.load(path).records}, None
-    except SaebenchError as exc:
-        return {}, f"{exc}: examples are not shown."
+    found: dict = {}
+    wanted = set(wanted)
+    for p in paths:
+        if not Path(p).is_file():
+            return found, f"The latent-records file {p} is gone (a cleared cache?): examples are not shown."
+        try:
+            found.update((r.latent, r) for r in RecordSet.load(p).records if r.latent in wanted)
+        except SaebenchError as exc:
+            return found, f"{exc}: examples are not shown."
+        if len(found) == len(wanted):
+            break
+    return found, None
 
 
 def _card(latent: int, per_scorer: dict[str, dict], record: Any) -> str:

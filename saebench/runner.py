@@ -385,6 +385,11 @@ class Runner:
             return ActivationCache(folder).d
         return self.adapter(sae_spec.model).d_model(sae_spec.hookpoint)
 
+    def d_sae(self, sae_spec: SAESpec) -> int:
+        if sae_spec.path is None:
+            return int(sae_spec.train["d_sae"])
+        return (self.loaded.get(sae_spec.name) or self.load_cell_sae(sae_spec)).cfg.d_sae
+
     def check_dimensions(self, pending: list[Cell]) -> None:
         """Load each checkpoint once (a corrupt file stops the run here) and check its d_in against
         its hook point's width, before any activations are computed."""
@@ -409,7 +414,7 @@ class Runner:
                                   f"{self.source}: saes[{index[sae_spec.name]}].train.d_sae")
         explicit = self.record_config.latents if isinstance(self.record_config.latents, list) else []
         for sae_spec in {c.sae.name: c.sae for c in pending if c.stage in ("explain", "interp")}.values():
-            d_sae = self.loaded[sae_spec.name].cfg.d_sae if sae_spec.path is not None else int(sae_spec.train["d_sae"])
+            d_sae = self.d_sae(sae_spec)
             bad = [i for i in explicit if not 0 <= i < d_sae]
             if bad:
                 raise ConfigError(f"latent {bad[0]} does not exist in SAE {sae_spec.name!r} (d_sae {d_sae})",

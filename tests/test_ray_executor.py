@@ -24,6 +24,7 @@ import yaml
 import saebench
 
 from saebench.fakellm import FakeLLMServer
+from saebench.cli import main as saebench_main
 from saebench.leaderboard import details_json, render
 from test_crash_safety import answer, make_folder
 
@@ -55,11 +56,13 @@ def cluster(tmp_path_factory):
 
 
 def make(folder: Path, tiny_llama, tiny_corpus, url: str) -> Path:
-    """The crash-safety matrix plus TreeProbe, whose rules are named from the stored explanations
-    (on Ray, the driver hands them to the cells task)."""
+    """The crash-safety matrix with every latent explained (on Ray: records built in three parts) plus
+    TreeProbe, whose rules are named from the stored explanations (on Ray, the driver hands them to
+    the cells task)."""
     make_folder(folder, tiny_llama, tiny_corpus, url)
     path = folder / "matrix.yaml"
     matrix = yaml.safe_load(path.read_text())
+    matrix["interp"]["latents"] = "all"
     matrix["scorers"].append({"name": "treeprobe", "options": {"tasks": ["python_token_type"], "finetune_epochs": 5,
                                                                 "seeds": 1, "max_rows": 1024}})
     path.write_text(yaml.safe_dump(matrix, sort_keys=False))
@@ -76,7 +79,7 @@ def on_ray(folder: Path, address: str) -> None:
     path = folder / "matrix.yaml"
     matrix = yaml.safe_load(path.read_text())
     # two threads per task, as the local run has: the same float reductions, hence the same digits
-    matrix["executor"] = {"ray": {"address": address, "latents_per_task": 3,
+    matrix["executor"] = {"ray": {"address": address, "latents_per_task": 3, "latents_per_records_task": 16,
                                   "resources": {stage: {"num_cpus": 2 if stage != "latents" else 1} for stage in STAGES}}}
     path.write_text(yaml.safe_dump(matrix, sort_keys=False))
 
@@ -119,6 +122,11 @@ def test_a_run_on_ray_gives_the_local_leaderboard(tmp_path, cluster, local_board
         local_board, local_trees = local_board
         assert len(local_board) == 2 and board(folder) == local_board
         assert trees(folder) == local_trees and "Is there" in json.dumps(local_trees)  # rules named alike
+        parts = list((folder / "runs" / "crash" / "cache" / "records").glob("relu-*-part-*.json.gz"))
+        assert len(parts) == 3  # 48 latents, 16 per records task
+        report = folder / "report.html"
+        assert saebench_main(["report", str(folder / "runs" / "crash"), "-o", str(report)]) == 0
+        assert report.read_text().count('class="ex"') > 0  # the cards found their examples in the parts
         # the work ran on the cluster's workers: the trained SAE and the records came from there
         assert (folder / "runs" / "crash" / "saes" / "topk" / "trained.json").is_file()
         again = run(folder)  # everything finished: nothing is submitted, nothing changes
