@@ -38,6 +38,8 @@ class InterpStage:
         self.sae_spec, self.sae, self.cache, self.bar = sae_spec, sae, cache, bar
         self.progress = runner.progress
         self.record_files: list[str] | None = None  # set by an executor that stored the records in parts
+        self.share: set[int] | None = None  # see run()
+        self.compute = True
 
     # -- records --------------------------------------------------------------------------------
     def records_path(self, part: Sequence[int] | None = None) -> Path:

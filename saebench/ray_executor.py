@@ -11,8 +11,10 @@ as each task finishes, so results stay incremental.
 Stages and their tasks, each with the matrix's resource request (``resources.STAGE``):
   activations  one per model (every eval and train cache the run needs from it)
   train        one per SAE to train
-  records      one per SAE with interpretability cells
-  latents      ``latents_per_task`` latents of one SAE: their explanations and per-latent scores
+  records      one per SAE with interpretability cells, or one per ``latents_per_records_task`` of its
+               latents (a file each) when ``interp.latents`` is all or a list
+  latents      ``latents_per_task`` latents of one SAE (reading only their records part): their
+               explanations and per-latent scores
   cells        the intrinsic and probe cells of one SAE, after its interpretability cells
 Ray retries a task whose worker died (``max_retries``); a task that still fails stores its cells or
 latents as failed, so a re-run retries only those. Cell configuration hashes do not include the
@@ -137,10 +139,14 @@ def _guarded(work: Callable[[BufferStore], Any], known: dict | None = None) -> d
     return {"value": value, "writes": store.writes, "error": error}
 
 
+def _cells(runner: "Runner", keys: list[CellKey]) -> list["Cell"]:
+    wanted = set(keys)
+    return [c for c in runner.all_cells if c.key in wanted]
+
+
 def activations_task(job: Job, model: str, keys: list[CellKey]) -> dict[str, Any]:
     runner = _worker(job)
-    pending = [c for c in runner.all_cells if c.key in set(keys)]
-    return _guarded(lambda _: runner.ensure_caches(pending, only=model))
+    return _guarded(lambda _: runner.ensure_caches(_cells(runner, keys), only=model))
 
 
 def train_task(job: Job, sae_name: str) -> dict[str, Any]:
@@ -169,7 +175,7 @@ class RecordSummary:
     n_eligible: int | None = None
 
 
-def records_task(job: Job, sae_name: str, part: list[int] | None) -> dict[str, Any]:
+def records_task(job: Job, sae_name: str, part: tuple[int, ...] | None) -> dict[str, Any]:
     """The records of an SAE (of the latents in ``part``, when the run splits them); returns their summary."""
     runner = _worker(job)
 
@@ -181,9 +187,9 @@ def records_task(job: Job, sae_name: str, part: list[int] | None) -> dict[str, A
 
 
 def latents_task(job: Job, sae_name: str, keys: list[CellKey], latents: list[int], known: dict,
-                 part: list[int] | None) -> dict[str, Any]:
+                 part: tuple[int, ...] | None) -> dict[str, Any]:
     runner = _worker(job)
-    cells = [c for c in runner.all_cells if c.key in set(keys)]
+    cells = _cells(runner, keys)
 
     def work(store: BufferStore) -> None:
         stage = _stage(runner, store, job.run_id, sae_name)
@@ -196,7 +202,7 @@ def latents_task(job: Job, sae_name: str, keys: list[CellKey], latents: list[int
 
 def cells_task(job: Job, sae_name: str, keys: list[CellKey], known: dict) -> dict[str, Any]:
     runner = _worker(job)
-    cells = [c for c in runner.all_cells if c.key in set(keys)]
+    cells = _cells(runner, keys)
     return _guarded(lambda store: runner._score_group(store, job.run_id, cells, _NoBar()), known)
 
 
@@ -230,12 +236,11 @@ def connect(spec: "RaySpec", where: str) -> None:
 class RayRun:
     """The driver's side of one run on Ray: submit each stage's tasks, apply their writes as they finish."""
 
-    def __init__(self, runner: "Runner", store: ResultsStore, pending: list["Cell"]):
+    def __init__(self, runner: "Runner", store: ResultsStore, pending: list["Cell"], spec: "RaySpec"):
         import ray
 
         self.ray = ray
-        self.r, self.store, self.pending = runner, store, pending
-        self.spec: RaySpec = runner.m.ray
+        self.r, self.store, self.pending, self.spec = runner, store, pending, spec
         self.job = Job(runner.m.model_dump(mode="json"), runner.source, os.getcwd(), uuid.uuid4().hex)
 
     def submit(self, stage: str, fn: Callable, *args):
@@ -278,6 +283,11 @@ class RayRun:
         return {c.key: (self.store.latent_results(c.key, c.config_hash), self.store.latent_errors(c.key, c.config_hash))
                 for c in cells}
 
+    def fail(self, cells: list["Cell"], run_id: int, error: str) -> None:
+        """Store ``cells`` as failed with the error of the task that should have computed them."""
+        self.apply([("write_cell", c.key, {"config_hash": c.config_hash, "config": c.config, "run_id": run_id,
+                                           "seconds": 0.0, "error": error}) for c in cells])
+
     def apply(self, writes: list[tuple]) -> None:
         self.store.write_latents([w[1:] for w in writes if w[0] == "write_latent"])
         for _, key, kwargs in (w for w in writes if w[0] == "write_cell"):
@@ -301,21 +311,17 @@ class RayRun:
         run_id = self.store.start_run(r.m.model_dump(mode="json"), _versions(), r.m.seed)
         self.job = dataclasses.replace(self.job, run_id=run_id)
         self.interp(run_id)
-        groups: dict[str, list[CellKey]] = {}
+        groups: dict[str, list["Cell"]] = {}
         for c in self.pending:
             if c.stage not in INTERP:
-                groups.setdefault(c.sae.name, []).append(c.key)
+                groups.setdefault(c.sae.name, []).append(c)
         rules = f"explain[{r.rule_explainer[0]}]"  # what probe scorers that name rules read (interp_stage.explain_latents)
-        explained = {sae: self.known([c for c in r.all_cells if c.sae.name == sae and c.key.scorer == rules])
-                     for sae in groups}
-
-        def lost(sae_name: str, error: str) -> None:
-            for cell in (c for c in self.pending if c.sae.name == sae_name and c.stage not in INTERP):
-                self.apply([("write_cell", cell.key, {"config_hash": cell.config_hash, "config": cell.config,
-                                                      "run_id": run_id, "seconds": 0.0, "error": error})])
-
-        self.drain("cells", {self.submit("cells", cells_task, sae, ks, explained[sae]): sae for sae, ks in groups.items()},
-                   "sae", on_lost=lost)
+        refs = {}
+        for sae, group in groups.items():
+            naming = any(getattr(c.scorer, "uses_explanations", False) for c in group)
+            explained = self.known([c for c in r.all_cells if c.sae.name == sae and c.key.scorer == rules]) if naming else {}
+            refs[self.submit("cells", cells_task, sae, [c.key for c in group], explained)] = sae
+        self.drain("cells", refs, "sae", on_lost=lambda sae, error: self.fail(groups[sae], run_id, error))
         r.report.timings["cells_s"] = time.perf_counter() - t2
         r.report.timings["total_s"] = time.perf_counter() - t0
         self.store.finish_run(run_id, "failed cells" if r.report.failed else "ok", r.report.timings)
@@ -329,22 +335,16 @@ class RayRun:
         if not cells:
             return
 
-        def no_records(sae: str, error: str) -> None:
-            for cell in cells.pop(sae, []):
-                self.apply([("write_cell", cell.key, {"config_hash": cell.config_hash, "config": cell.config,
-                                                      "run_id": run_id, "seconds": 0.0, "error": error})])
-
         parts = {sae: self.record_parts(sae) for sae in cells}
         summaries: dict[tuple[str, tuple | None], RecordSummary] = {}
-        jobs = {self.submit("records", records_task, sae, part): (sae, None if part is None else tuple(part))
-                for sae in cells for part in (parts[sae] or [None])}
+        jobs = {self.submit("records", records_task, sae, part): (sae, part) for sae in cells for part in parts[sae]}
         self.drain("latent records", jobs, "task", on_done=lambda what, result: summaries.__setitem__(what, result["value"]),
-                   on_lost=lambda what, error: no_records(what[0], error))
+                   on_lost=lambda what, error: self.fail(cells.pop(what[0], []), run_id, error))
         shares: dict = {}
         for sae, group in cells.items():
             stored = self.known([c for c in self.r.all_cells if c.sae.name == sae and c.stage in INTERP])
-            for part in parts[sae] or [None]:
-                latents = [rec.latent for rec in summaries[(sae, None if part is None else tuple(part))].records]
+            for part in parts[sae]:
+                latents = [rec.latent for rec in summaries[(sae, part)].records]
                 for i in range(0, len(latents), self.spec.latents_per_task):
                     share = latents[i:i + self.spec.latents_per_task]
                     known = {key: tuple({j: d[j] for j in share if j in d} for d in pair) for key, pair in stored.items()}
@@ -362,25 +362,26 @@ class RayRun:
         with self.r.progress.bar("interpretability cells", total=sum(len(g) for g in cells.values()), unit="cell") as bar:
             for sae, group in cells.items():
                 stage = _stage(self.r, self.store, run_id, sae, with_sae=False, bar=bar)
-                if parts[sae] is None:
+                if parts[sae] == [None]:
                     summary = summaries[(sae, None)]
                 else:  # the parts in order: the records the one-task build would have listed
-                    pieces = [summaries[(sae, tuple(part))] for part in parts[sae]]
+                    pieces = [summaries[(sae, part)] for part in parts[sae]]
                     summary = RecordSummary([r for p in pieces for r in p.records], {k: v for p in pieces for k, v in p.skipped.items()})
                     stage.record_files = [str(stage.records_path(part).absolute()) for part in parts[sae]]
                 stage.run(group, compute=False, records=summary)
 
-    def record_parts(self, sae_name: str) -> list[list[int]] | None:
-        """The latents of each records task of an SAE; None for one task. A list or all of the
-        latents split into ``latents_per_records_task``; a sample of N is drawn (and built) in one task."""
+    def record_parts(self, sae_name: str) -> list[tuple[int, ...] | None]:
+        """The latents of each records task of an SAE: [None] for one task building them all. A list or
+        all of the latents is split into ``latents_per_records_task``; a sample of N is drawn (and built)
+        in one task."""
         from saebench.records import select_latents
 
         cfg = self.r.record_config
         if not (cfg.latents == "all" or isinstance(cfg.latents, list)):
-            return None
+            return [None]
         latents = select_latents(self.r.d_sae(next(s for s in self.r.m.saes if s.name == sae_name)), cfg)
         n = self.spec.latents_per_records_task
-        return None if len(latents) <= n else [latents[i:i + n] for i in range(0, len(latents), n)]
+        return [None] if len(latents) <= n else [tuple(latents[i:i + n]) for i in range(0, len(latents), n)]
 
 
 def _versions() -> dict[str, str]:

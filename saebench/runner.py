@@ -350,14 +350,15 @@ class Runner:
             if not pending and not untrained:
                 self.progress.note(f"all {len(cells)} cells are finished in {self.output}; nothing to do")
                 return self.report
-            if self.m.ray is not None:
+            ray = self.m.ray
+            if ray is not None:
                 from saebench.ray_executor import RayRun, connect
 
-                connect(self.m.ray, self.source)
+                connect(ray, self.source)
             self.check_dimensions(pending)
             self.all_cells = cells
-            if self.m.ray is not None:
-                RayRun(self, store, pending).run()
+            if ray is not None:
+                RayRun(self, store, pending, ray).run()
                 return self.report
             self.ensure_caches(pending)
             self.report.timings["activations_s"] = time.perf_counter() - t0

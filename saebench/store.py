@@ -79,11 +79,8 @@ class CellKey:
 class ResultsStore:
     """Thin wrapper over the SQLite file; every write is its own committed transaction."""
 
-    def __init__(self, folder: str | Path, *, create: bool = True, read_only: bool = False):
+    def __init__(self, folder: str | Path, *, create: bool = True):
         self.path = Path(folder) / DB_NAME
-        if read_only:  # a worker's view of the driver's database (saebench.ray_executor)
-            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
-            return
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
