@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 import saebench
-from reference import random_weights
+from tiny import firing_sae
 from saebench import plugin_manager
 from saebench.interfaces import EvalInputs
 from saebench.plugins.adapters.hf_causal_lm import HFCausalLMAdapter
@@ -37,9 +37,7 @@ def test_the_contributing_probe_example_registers_and_runs(tiny_llama):
         assert data.classes == ["consonant", "vowel"] and data.stats["texts"] == 24
         # byte-level tokens: one row per letter, labelled as the span says
         assert int((data.labels == 1).sum()) == 4 * sum(c in "aeiou" for c in "bananakiwiapplecherryorangeplum")
-        weights = random_weights(32, 64, arch="relu")
-        weights["W_enc"] *= 8
-        sae = saebench.build_sae("relu", weights, hook_name="layers.1")
+        sae = firing_sae("relu", 64)
         inputs = EvalInputs(hookpoint="layers.1", activations=lambda bt: iter(()), tokens=torch.zeros(0, 0, dtype=torch.long),
                             probe_data=lambda t, **kw: data)
         result = plugin_manager.get("scorer", "top-latent")().score(sae, inputs)

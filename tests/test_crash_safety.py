@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import saebench
-from reference import random_weights
+from tiny import firing_sae
 from saebench.fakellm import FakeLLMServer, prompt_text
 from saebench.leaderboard import render
 
@@ -33,9 +33,7 @@ def answer(body):
 
 def make_folder(folder: Path, tiny_llama, tiny_corpus, url: str) -> Path:
     folder.mkdir(parents=True)
-    weights = random_weights(32, 48, arch="relu")
-    weights["W_enc"] *= 8
-    saebench.save_sae(saebench.build_sae("relu", weights, hook_name="layers.1"), folder / "sae")
+    saebench.save_sae(firing_sae(), folder / "sae")
     matrix = {
         "name": "crash", "output": "runs/crash",
         "data": {"source": "text-files", "paths": [f"{tiny_corpus}/*.txt"], "tokens": 2048, "context_length": 32},

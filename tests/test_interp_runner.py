@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import saebench
-from reference import random_weights
+from tiny import firing_sae
 from saebench import hookimpl, plugin_manager
 from saebench.interfaces import Explainer, Explanation, InterpScorer, LatentScore
 from saebench.leaderboard import render
@@ -85,9 +85,7 @@ def workdir(tmp_path, tiny_llama, tiny_corpus, monkeypatch):
     monkeypatch.chdir(tmp_path)
     plugin_manager.register_plugin(plugin, "interp-test-plugin")
     TAPE.update(fail=set(), calls=[], interrupt_after=None)
-    weights = random_weights(D_MODEL, 48, arch="relu")
-    weights["W_enc"] *= 8  # the tiny model's activations are small: make most latents fire somewhere
-    saebench.save_sae(saebench.build_sae("relu", weights, hook_name="layers.1"), tmp_path / "sae")
+    saebench.save_sae(firing_sae(d_in=D_MODEL), tmp_path / "sae")
     matrix = {
         "name": "interp",
         "output": "runs/interp",

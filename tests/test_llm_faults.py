@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 import saebench
-from reference import random_weights
+from tiny import firing_sae
 from saebench.fakellm import FakeLLMServer, prompt_text
 from saebench.matrix import load_matrix
 from saebench.progress import Progress
@@ -27,9 +27,7 @@ def answer(body):
 def write_matrix(folder, tiny_llama, tiny_corpus, url):
     import yaml
 
-    weights = random_weights(32, 48, arch="relu")
-    weights["W_enc"] *= 8
-    saebench.save_sae(saebench.build_sae("relu", weights, hook_name="layers.1"), folder / "sae")
+    saebench.save_sae(firing_sae(), folder / "sae")
     matrix = {
         "name": "faults", "output": "runs/faults",
         "data": {"source": "text-files", "paths": [f"{tiny_corpus}/*.txt"], "tokens": 2048, "context_length": 64},

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import saebench
-from reference import random_weights
+from tiny import firing_sae
 from saebench import hookimpl, plugin_manager
 from saebench.cli import main
 from saebench.interfaces import Explainer, Explanation
@@ -49,10 +49,8 @@ def workdir(tmp_path, tiny_llama, tiny_corpus, monkeypatch):
     plugin_manager.register_plugin(plugin, "probe-test-plugin")
     EXPLAINED.clear()
     for i, arch in enumerate(["relu", "topk"]):
-        weights = random_weights(32, 64, arch=arch, seed=i)
-        weights["W_enc"] *= 8
         extra = {"k": 8} if arch == "topk" else {}
-        saebench.save_sae(saebench.build_sae(arch, weights, hook_name="layers.1", **extra), tmp_path / arch)
+        saebench.save_sae(firing_sae(arch, 64, seed=i, **extra), tmp_path / arch)
     matrix = {
         "name": "probes",
         "output": "runs/probes",
