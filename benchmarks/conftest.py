@@ -57,8 +57,10 @@ def machine() -> str:
     except OSError:
         pass
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"THP_MEM_ALLOC_ENABLE={thp} (transparent huge pages for torch's large allocations: {'on' if thp == '1' else 'off'})")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"THP_MEM_ALLOC_ENABLE={thp} (transparent huge pages for torch's large allocations: {'on' if thp == '1' else 'off'})"
+    )
 
 
 def summary_markdown() -> str:
@@ -71,14 +73,20 @@ def summary_markdown() -> str:
         best = max((r.flops / r.median_s for r in ceiling), default=None)
         naive = next((r for r in rows if r.role == "naive"), None)
         peer = next((r for r in rows if r.role == "peer"), None)
-        lines += [f"### {g}", "", "| implementation | median ms | GFLOP/s | tokens/s | % of best GEMM | × naive | × peer |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"### {g}",
+            "",
+            "| implementation | median ms | GFLOP/s | tokens/s | % of best GEMM | × naive | × peer |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in rows:
             gf = r.flops / r.median_s / 1e9 if r.flops else float("nan")
             pct = f"{100 * r.flops / r.median_s / best:.0f}%" if best and r.flops else ""
             xn = f"{naive.median_s / r.median_s:.2f}" if naive else ""
             xp = f"{peer.median_s / r.median_s:.2f}" if peer else ""
-            lines.append(f"| {r.name} | {r.median_s * 1e3:.1f} | {gf:.0f} | {r.tokens / r.median_s:,.0f} | {pct} | {xn} | {xp} |")
+            lines.append(
+                f"| {r.name} | {r.median_s * 1e3:.1f} | {gf:.0f} | {r.tokens / r.median_s:,.0f} | {pct} | {xn} | {xp} |"
+            )
         lines.append("")
     for title, text in NOTES.items():
         lines += [f"### {title}", "", text, ""]

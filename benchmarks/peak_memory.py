@@ -20,18 +20,25 @@ def status(field: str) -> float:
 def main() -> None:
     impl, d_in, d_sae, tokens, k = sys.argv[1], *map(int, sys.argv[2:])
     torch.manual_seed(0)
-    w = {"W_enc": torch.randn(d_in, d_sae).div_(d_in**0.5), "W_dec": torch.randn(d_sae, d_in).div_(d_sae**0.5),
-         "b_enc": torch.zeros(d_sae), "b_dec": torch.zeros(d_in)}
+    w = {
+        "W_enc": torch.randn(d_in, d_sae).div_(d_in**0.5),
+        "W_dec": torch.randn(d_sae, d_in).div_(d_sae**0.5),
+        "b_enc": torch.zeros(d_sae),
+        "b_dec": torch.zeros(d_in),
+    }
     x = torch.randn(tokens, d_in)
     sae = saebench.build_sae("topk", w, k=k)
     if impl.startswith("sae-lens"):
         from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
-        peer = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, apply_b_dec_to_input=False, dtype="float32", device="cpu"))
+        peer = TopKSAE(
+            TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, apply_b_dec_to_input=False, dtype="float32", device="cpu")
+        )
         peer.load_state_dict(w)
         peer.requires_grad_(False)
         fn = lambda: peer.encode(x)  # noqa: E731
     elif impl == "naive-dense":
+
         def fn():
             h = x @ w["W_enc"] + w["b_enc"]
             v, i = h.topk(k, dim=-1, sorted=False)

@@ -13,11 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import SMALL, record, run
-from saebench.data import make_contexts
-from saebench.plugins.adapters.hf_causal_lm import HFCausalLMAdapter, make_tiny_model
+
+from saebench.plugins.adapters.hf_causal_lm import HFCausalLMAdapter
 from saebench.plugins.data_sources.python_stdlib import PythonStdlibSource
+from saebench.run.data import make_contexts
+from saebench.testing.tiny_model import make_tiny_model
 
 HOOK, LAYER = "layers.6", 6
 BATCH, SEQ = (2, 32) if SMALL else (8, 128)
@@ -38,7 +39,9 @@ def case(tmp_path_factory):
 def _hidden_states(model, tokens):
     """What a user without early stopping writes: every block, the final norm and the LM head."""
     with torch.inference_mode():
-        out = model(input_ids=tokens, attention_mask=torch.ones_like(tokens), output_hidden_states=True, use_cache=False)
+        out = model(
+            input_ids=tokens, attention_mask=torch.ones_like(tokens), output_hidden_states=True, use_cache=False
+        )
         return out.hidden_states[LAYER + 1].float()
 
 
@@ -54,8 +57,12 @@ def test_activations_body_forward(benchmark, case):
 
     def forward():
         with torch.inference_mode():
-            return body(input_ids=case.tokens, attention_mask=torch.ones_like(case.tokens), output_hidden_states=True,
-                        use_cache=False).hidden_states[LAYER + 1]
+            return body(
+                input_ids=case.tokens,
+                attention_mask=torch.ones_like(case.tokens),
+                output_hidden_states=True,
+                use_cache=False,
+            ).hidden_states[LAYER + 1]
 
     run(benchmark, forward)
     record(benchmark, case.group, "decoder stack only, output_hidden_states (all blocks, no LM head)", 0, BATCH * SEQ)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import importlib.util
 from types import SimpleNamespace
 
+import conftest
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHAPES, TOKENS, K, record, run
 
 import saebench
 import saebench.kernel
-import conftest
-from conftest import K, SHAPES, TOKENS, record, run
 from saebench.kernel import onednn_available
 
 HAVE_SAELENS = importlib.util.find_spec("sae_lens") is not None
@@ -41,7 +41,9 @@ def case(request):
     c.jumprelu = saebench.build_sae("jumprelu", w)
     for sae in (c.relu, c.topk, c.jumprelu):  # build the cached packed weights outside the timings
         sae.encode_sparse(x[:8])
-    c.Wt_packed = torch.ops.mkldnn._reorder_linear_weight(w["W_enc"].t().contiguous(), 256) if onednn_available() else None
+    c.Wt_packed = (
+        torch.ops.mkldnn._reorder_linear_weight(w["W_enc"].t().contiguous(), 256) if onednn_available() else None
+    )
     return c
 
 
@@ -50,10 +52,14 @@ def _saelens(arch: str, c):
     from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
     if arch == "topk":
-        sae = TopKSAE(TopKSAEConfig(d_in=c.d_in, d_sae=c.d_sae, k=K, apply_b_dec_to_input=False, dtype="float32", device="cpu"))
+        sae = TopKSAE(
+            TopKSAEConfig(d_in=c.d_in, d_sae=c.d_sae, k=K, apply_b_dec_to_input=False, dtype="float32", device="cpu")
+        )
         state = {k: v for k, v in c.w.items() if k != "threshold"}
     else:
-        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=c.d_in, d_sae=c.d_sae, apply_b_dec_to_input=False, dtype="float32", device="cpu"))
+        sae = JumpReLUSAE(
+            JumpReLUSAEConfig(d_in=c.d_in, d_sae=c.d_sae, apply_b_dec_to_input=False, dtype="float32", device="cpu")
+        )
         state = c.w
     sae.load_state_dict(state)
     return sae
@@ -108,7 +114,9 @@ def topk_saelens_style(x, W, b, k):
 def test_topk_naive(benchmark, case):
     with torch.no_grad():
         run(benchmark, lambda: topk_saelens_style(case.x, case.w["W_enc"], case.w["b_enc"], K))
-    record(benchmark, f"topk {case.tag}", "TopK naive torch, SAELens-style (dense scatter)", case.flops, TOKENS, "naive")
+    record(
+        benchmark, f"topk {case.tag}", "TopK naive torch, SAELens-style (dense scatter)", case.flops, TOKENS, "naive"
+    )
 
 
 @pytest.mark.skipif(not HAVE_SAELENS, reason="sae-lens not installed")
@@ -139,7 +147,9 @@ def test_jumprelu_naive(benchmark, case):
 
     with torch.no_grad():
         run(benchmark, naive)
-    record(benchmark, f"jumprelu {case.tag}", "JumpReLU naive torch, SAELens-style (dense)", case.flops, TOKENS, "naive")
+    record(
+        benchmark, f"jumprelu {case.tag}", "JumpReLU naive torch, SAELens-style (dense)", case.flops, TOKENS, "naive"
+    )
 
 
 @pytest.mark.skipif(not HAVE_SAELENS, reason="sae-lens not installed")
@@ -230,8 +240,12 @@ WIDE = (64, 4096, 128) if conftest.SMALL else (768, 131072, 1024)  # d_in, d_sae
 def wide():
     d_in, d_sae, tokens = WIDE
     g = torch.Generator().manual_seed(1)
-    w = {"W_enc": torch.randn(d_in, d_sae, generator=g).div_(d_in**0.5), "W_dec": torch.randn(d_sae, d_in, generator=g).div_(d_sae**0.5),
-         "b_enc": torch.zeros(d_sae), "b_dec": torch.zeros(d_in)}
+    w = {
+        "W_enc": torch.randn(d_in, d_sae, generator=g).div_(d_in**0.5),
+        "W_dec": torch.randn(d_sae, d_in, generator=g).div_(d_sae**0.5),
+        "b_enc": torch.zeros(d_sae),
+        "b_dec": torch.zeros(d_in),
+    }
     sae = saebench.build_sae("topk", w, k=K)
     x = torch.randn(tokens, d_in, generator=g)
     sae.encode_sparse(x[:8])
@@ -241,14 +255,26 @@ def wide():
 def test_wide_topk_naive(benchmark, wide):
     with torch.no_grad():
         run(benchmark, lambda: topk_saelens_style(wide.x, wide.w["W_enc"], wide.w["b_enc"], K))
-    record(benchmark, f"topk {wide.tag}", "TopK naive torch, SAELens-style (dense scatter)", wide.flops, wide.tokens, "naive")
+    record(
+        benchmark,
+        f"topk {wide.tag}",
+        "TopK naive torch, SAELens-style (dense scatter)",
+        wide.flops,
+        wide.tokens,
+        "naive",
+    )
 
 
 def test_wide_topk_saebench_sparse(benchmark, wide):
     blocks = len(saebench.kernel.plan_for(wide.sae).blocks)
     run(benchmark, lambda: wide.sae.encode_sparse(wide.x))
-    record(benchmark, f"topk {wide.tag}", f"TopK saebench encode_sparse ({blocks} latent blocks, running top-k)",
-           wide.flops, wide.tokens)
+    record(
+        benchmark,
+        f"topk {wide.tag}",
+        f"TopK saebench encode_sparse ({blocks} latent blocks, running top-k)",
+        wide.flops,
+        wide.tokens,
+    )
 
 
 def test_wide_gemm_ceiling(benchmark, wide):
@@ -262,4 +288,6 @@ def test_wide_gemm_ceiling(benchmark, wide):
             torch.ops.mkldnn._linear_pointwise(x[i : i + 256], W, b, "none", [], "")
 
     run(benchmark, gemm)
-    record(benchmark, f"gemm {wide.tag}", "bare GEMM: oneDNN packed, 256-token chunks", wide.flops, wide.tokens, "ceiling")
+    record(
+        benchmark, f"gemm {wide.tag}", "bare GEMM: oneDNN packed, 256-token chunks", wide.flops, wide.tokens, "ceiling"
+    )

@@ -3,7 +3,7 @@
 1. Prompt tokens per latent for each explainer and LLM-backed scorer at their defaults (and at
    delphi's example counts), counted with the SmolLM2 tokenizer by an OpenAI-compatible server,
    next to delphi's published figures (explanation ~963, detection/fuzzing ~778, simulation ~24k).
-2. Latents per minute through the runner's own concurrency code (explain_all, score_all) and the
+2. Latents per minute through the runner's own concurrency code (for_each_latent) and the
    openai client, against a local server that answers every request after a fixed delay, at
    client concurrency 1, 8 and 64: the scaling is the point, the server stands in for any API.
 """
@@ -15,13 +15,15 @@ import random
 import re
 import time
 
+import conftest
 import pytest
 
-import conftest
 from saebench import plugin_manager
-from saebench.fakellm import FakeLLMServer, prompt_text
-from saebench.interfaces import Example, InterpContext, LatentRecord
-from saebench.interp_stage import explain_all, score_all
+from saebench.interfaces import InterpContext
+from saebench.interp.types import Example, LatentRecord
+from saebench.run.latents import for_each_latent
+from saebench.run.progress import NO_BAR
+from saebench.testing.fakellm import FakeLLMServer, prompt_text
 
 N_LATENTS = 4 if conftest.SMALL else 32
 DELAY_S = 0.05
@@ -34,7 +36,7 @@ THROUGHPUT: dict[int, float] = {}
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from saebench.embedded import resolve
+    from saebench.models.embedded import resolve
 
     return AutoTokenizer.from_pretrained(str(resolve("smollm2-135m-instruct")))
 
@@ -51,9 +53,9 @@ def windows(tokenizer):
             break
     out = []
     for start in range(0, len(ids) - 32, 32):
-        chunk = ids[start:start + 32]
-        text = [tokenizer.decode(chunk[:i + 1]) for i in range(len(chunk))]
-        out.append([t[len(p):] for p, t in zip([""] + text[:-1], text)])
+        chunk = ids[start : start + 32]
+        text = [tokenizer.decode(chunk[: i + 1]) for i in range(len(chunk))]
+        out.append([t[len(p) :] for p, t in zip([""] + text[:-1], text)])
     return out
 
 
@@ -69,11 +71,16 @@ def record(latent: int, windows, n_train=40, n_test=50, n_neg=50, n_train_neg=20
         return Example(tokens=windows[w], activations=acts, window=w, kind=kind, quantile=q)
 
     a, b, c = n_train, n_train + n_test, n_train + n_test + n_neg
-    return LatentRecord(latent=latent, n_activating=n_train + n_test, density=0.01, max_activation=5.0,
-                        train=[ex(w, "activating", i % 10) for i, w in enumerate(picked[:a])],
-                        test=[ex(w, "activating", i % 10) for i, w in enumerate(picked[a:b])],
-                        test_negatives=[ex(w, "random", None) for w in picked[b:c]],
-                        train_negatives=[ex(w, "random", None) for w in picked[c:]])
+    return LatentRecord(
+        latent=latent,
+        n_activating=n_train + n_test,
+        density=0.01,
+        max_activation=5.0,
+        train=[ex(w, "activating", i % 10) for i, w in enumerate(picked[:a])],
+        test=[ex(w, "activating", i % 10) for i, w in enumerate(picked[a:b])],
+        test_negatives=[ex(w, "random", None) for w in picked[b:c]],
+        train_negatives=[ex(w, "random", None) for w in picked[c:]],
+    )
 
 
 def answer(body: dict) -> str:
@@ -90,19 +97,30 @@ def answer(body: dict) -> str:
 
 
 def client(server: FakeLLMServer, concurrency: int):
-    return plugin_manager.get("llm_client", "openai")(base_url=server.openai_url, model="fake",
-                                                      max_concurrency=concurrency, backoff_s=0.0)
+    return plugin_manager.get("llm_client", "openai")(
+        base_url=server.openai_url, model="fake", max_concurrency=concurrency, backoff_s=0.0
+    )
 
 
 def run_pipeline(llm, records, explainer, scorers) -> None:
     async def go():
         stored = lambda *a: None  # noqa: E731
-        tick = lambda: None  # noqa: E731
         explainer.llm = llm
-        explanations, failed = await explain_all(explainer, records, {}, stored, tick)
+        explanations: dict = {}
+        jobs = {r.latent: (lambda r=r: explainer.explain(r)) for r in records}
+        failed = await for_each_latent(jobs, explanations, stored, NO_BAR, len(records))
         assert not failed
         ctx = InterpContext(sae=None, hookpoint="x", llm=llm)
-        await asyncio.gather(*(score_all(s, records, explanations, ctx, {}, stored, tick) for s in scorers))
+
+        def scored(s):  # the runner's way: every latent with an explanation text, its results kept per latent
+            jobs = {
+                r.latent: (lambda r=r: s.score_latent(r, explanations[r.latent], ctx))
+                for r in records
+                if explanations[r.latent].text is not None
+            }
+            return for_each_latent(jobs, {}, stored, NO_BAR, len(records))
+
+        await asyncio.gather(*(scored(s) for s in scorers))
 
     asyncio.run(go())
 
@@ -113,9 +131,12 @@ def test_prompt_tokens_per_latent(tokenizer, windows, setting):
     records = [record(i, windows) for i in range(2)]
     get = lambda kind, name, **o: plugin_manager.get(kind, name)(**o)  # noqa: E731
     delphi = setting == "delphi"  # delphi's counts: 40 train examples shown, 5 per judge prompt
-    parts = {"explain[llm]": get("explainer", "llm", **({"n_examples": 40} if delphi else {})),
-             "detection": get("scorer", "detection"), "fuzzing": get("scorer", "fuzzing"),
-             "simulation": get("scorer", "simulation")}
+    parts = {
+        "explain[llm]": get("explainer", "llm", **({"n_examples": 40} if delphi else {})),
+        "detection": get("scorer", "detection"),
+        "fuzzing": get("scorer", "fuzzing"),
+        "simulation": get("scorer", "simulation"),
+    }
     out = {}
     with FakeLLMServer(answer, count_tokens=count) as server:
         llm = client(server, 8)
@@ -140,17 +161,21 @@ async def _explain(explainer, records):
 
 
 async def _score(scorer, records, ctx):
-    from saebench.interfaces import Explanation
+    from saebench.interp.types import Explanation
 
-    return await asyncio.gather(*(scorer.score_latent(r, Explanation(latent=r.latent, explainer="x", text="names"), ctx)
-                                  for r in records))
+    return await asyncio.gather(
+        *(scorer.score_latent(r, Explanation(latent=r.latent, explainer="x", text="names"), ctx) for r in records)
+    )
 
 
 def _note_tokens() -> None:
-    lines = ["Prompt tokens per latent (SmolLM2 tokenizer, message text without the chat template), "
-             "synthetic records of real 32-token windows:", "",
-             "| step | " + " | ".join(f"{s}: tokens (calls)" for s in TOKENS) + " | delphi (Llama-3 70B) |",
-             "| --- | " + " | ".join("---:" for _ in TOKENS) + " | ---: |"]
+    lines = [
+        "Prompt tokens per latent (SmolLM2 tokenizer, message text without the chat template), "
+        "synthetic records of real 32-token windows:",
+        "",
+        "| step | " + " | ".join(f"{s}: tokens (calls)" for s in TOKENS) + " | delphi (Llama-3 70B) |",
+        "| --- | " + " | ".join("---:" for _ in TOKENS) + " | ---: |",
+    ]
     for step, ref in DELPHI.items():
         cells = [f"{t[step]:,.0f} ({t[step + ' calls']:.0f})" for t in TOKENS.values()]
         lines.append(f"| {step} | " + " | ".join(cells) + f" | {ref:,} |")
@@ -173,9 +198,14 @@ def test_interp_throughput(benchmark, windows, concurrency):
     THROUGHPUT[concurrency] = N_LATENTS / seconds * 60
     assert calls == N_LATENTS * 5  # one explanation and four detection prompts per latent
     assert peak <= concurrency
-    lines = [f"{N_LATENTS} latents, each one explanation + detection on 10 activating and 10 non-activating "
-             f"examples (5 per prompt): 5 calls per latent, server delay {DELAY_S * 1000:.0f} ms per call, "
-             "openai client over HTTP:", "", "| concurrency | latents / minute | × concurrency 1 |", "| ---: | ---: | ---: |"]
+    lines = [
+        f"{N_LATENTS} latents, each one explanation + detection on 10 activating and 10 non-activating "
+        f"examples (5 per prompt): 5 calls per latent, server delay {DELAY_S * 1000:.0f} ms per call, "
+        "openai client over HTTP:",
+        "",
+        "| concurrency | latents / minute | × concurrency 1 |",
+        "| ---: | ---: | ---: |",
+    ]
     for c, v in sorted(THROUGHPUT.items()):
         base = THROUGHPUT.get(1)
         lines.append(f"| {c} | {v:,.0f} | {v / base:.1f} |" if base else f"| {c} | {v:,.0f} | |")

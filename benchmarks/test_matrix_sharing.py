@@ -5,15 +5,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
-
-import conftest
-import saebench
 from conftest import record
-from saebench.matrix import parse_matrix
-from saebench.progress import Progress
-from saebench.runner import Runner
+
+import saebench
+from saebench.run.execute import execute
+from saebench.run.matrix import parse_matrix
+from saebench.run.progress import Progress
 
 TIMES: dict[int, float] = {}
 
@@ -22,7 +22,7 @@ TIMES: dict[int, float] = {}
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("sharing")
     if conftest.SMALL:
-        from saebench.plugins.adapters.hf_causal_lm import make_tiny_model
+        from saebench.testing.tiny_model import make_tiny_model
 
         model, d, hookpoint, tokens = str(make_tiny_model(root / "tiny", n_layers=2, d_model=32)), 32, "layers.1", 2048
     else:
@@ -30,8 +30,12 @@ def setup(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     paths = []
     for arch in ("relu", "topk", "jumprelu"):
-        w = {"W_enc": torch.randn(d, 4096, generator=g) / d**0.5, "W_dec": torch.randn(4096, d, generator=g) / 64,
-             "b_enc": torch.zeros(4096), "b_dec": torch.zeros(d)}
+        w = {
+            "W_enc": torch.randn(d, 4096, generator=g) / d**0.5,
+            "W_dec": torch.randn(4096, d, generator=g) / 64,
+            "b_enc": torch.zeros(4096),
+            "b_dec": torch.zeros(d),
+        }
         if arch == "jumprelu":
             w["threshold"] = torch.full((4096,), 0.5)
         sae = saebench.build_sae(arch, w, k=32) if arch == "topk" else saebench.build_sae(arch, w)
@@ -42,22 +46,37 @@ def setup(tmp_path_factory):
 def run_matrix(setup, n_saes: int) -> None:
     model, hookpoint, tokens, paths = setup
     with tempfile.TemporaryDirectory() as out:  # a cold cache every round: the activation pass is included
-        m = parse_matrix({
-            "name": "sharing", "output": out, "data": {"source": "python-stdlib", "tokens": tokens, "context_length": 128},
-            "models": [{"name": "m", "path": model, "hookpoints": [hookpoint]}],
-            "saes": [{"name": Path(p).name, "model": "m", "hookpoint": hookpoint, "path": p} for p in paths[:n_saes]],
-            "scorers": ["sparsity", "reconstruction"],
-        }, "benchmark")
-        report = Runner(m, progress=Progress(False)).run()
+        m = parse_matrix(
+            {
+                "name": "sharing",
+                "output": out,
+                "data": {"source": "python-stdlib", "tokens": tokens, "context_length": 128},
+                "models": [{"name": "m", "path": model, "hookpoints": [hookpoint]}],
+                "saes": [
+                    {"name": Path(p).name, "model": "m", "hookpoint": hookpoint, "path": p} for p in paths[:n_saes]
+                ],
+                "scorers": ["sparsity", "reconstruction"],
+            },
+            "benchmark",
+        )
+        report = execute(m, progress=Progress(False))
         assert report.done == 2 * n_saes and not report.failed
 
 
 @pytest.mark.parametrize("n_saes", [1, 3])
 def test_matrix_sharing(benchmark, setup, n_saes):
-    benchmark.pedantic(run_matrix, args=(setup, n_saes), rounds=1 if conftest.SMALL else 3, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(
+        run_matrix, args=(setup, n_saes), rounds=1 if conftest.SMALL else 3, iterations=1, warmup_rounds=0
+    )
     _, _, tokens, _ = setup
-    record(benchmark, "matrix: sparsity + reconstruction, one hook point, cold cache",
-           f"{n_saes} SAE(s), whole run", 0, tokens, "naive" if n_saes == 1 else "")
+    record(
+        benchmark,
+        "matrix: sparsity + reconstruction, one hook point, cold cache",
+        f"{n_saes} SAE(s), whole run",
+        0,
+        tokens,
+        "naive" if n_saes == 1 else "",
+    )
     if getattr(benchmark, "stats", None) is not None:
         TIMES[n_saes] = benchmark.stats.stats.median
         if len(TIMES) == 2:

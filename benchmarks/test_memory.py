@@ -5,9 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import conftest
+import pytest
 
 SCRIPT = Path(__file__).with_name("peak_memory.py")
 IMPLS = ["naive-dense", "saebench-dense", "saebench-sparse"]
@@ -20,8 +19,12 @@ CASES.append((64, 4096, 128) if conftest.SMALL else (768, 131072, 1024))  # a wi
 
 
 def extra_mib(impl: str, d_in: int, d_sae: int, tokens: int) -> float:
-    out = subprocess.run([sys.executable, str(SCRIPT), impl, str(d_in), str(d_sae), str(tokens), str(conftest.K)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), impl, str(d_in), str(d_sae), str(tokens), str(conftest.K)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 

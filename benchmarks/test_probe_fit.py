@@ -8,13 +8,12 @@ The held-out accuracies reached go into the notes: a faster fit that reaches a w
 
 from __future__ import annotations
 
-
+import conftest
 import pytest
 import torch
-
-import conftest
 from conftest import NOTES, record, run
-from saebench.linear_probe import fit_logistic
+
+from saebench.probes.linear import fit_logistic
 
 N, D, C = (512, 256, 4) if conftest.SMALL else (16384, 4096, 12)
 GROUP = f"probe head: logistic regression on {N} tokens × {D} latents, {C} classes"
@@ -25,7 +24,9 @@ def make(n, seed):
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, C, (n,), generator=g)
     k = 8 if conftest.SMALL else 32
-    scores = torch.rand(n, D, generator=g) + 0.01 * (torch.arange(D)[None, :] % C == y[:, None])  # class-leaning latents
+    scores = torch.rand(n, D, generator=g) + 0.01 * (
+        torch.arange(D)[None, :] % C == y[:, None]
+    )  # class-leaning latents
     top = scores.topk(k, dim=1)
     return torch.zeros(n, D).scatter_(1, top.indices, top.values), y
 
@@ -94,4 +95,5 @@ def test_probe_gemm(benchmark, data):
     run(benchmark, lambda: x @ w.T)
     record(benchmark, GROUP, "one GEMM pass (x @ W.T)", 2 * N * D * C, N, "ceiling")
     NOTES[f"probe head accuracy ({N}×{D}, {C} classes, held-out tokens)"] = "\n".join(
-        f"- {name}: {acc:.4f}" for name, acc in ACCURACY.items())
+        f"- {name}: {acc:.4f}" for name, acc in ACCURACY.items()
+    )

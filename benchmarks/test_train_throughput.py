@@ -11,8 +11,8 @@ and no shuffling, so that the two do the same work per step.
 from __future__ import annotations
 
 import torch
-
 from conftest import SMALL, record, run
+
 from saebench.training import TrainConfig, train_sae
 
 D_IN, D_SAE, K, BATCH, STEPS = (64, 512, 8, 256, 3) if SMALL else (640, 4096, 32, 4096, 6)
@@ -55,7 +55,9 @@ def test_train_topk_naive(benchmark):
 
 def test_train_topk_saebench(benchmark):
     x_all = _data()
-    cfg = TrainConfig(arch="topk", d_sae=D_SAE, k=K, batch_size=BATCH, tokens=TOKENS, dead_tokens=10**9, shuffle_batches=0)
+    cfg = TrainConfig(
+        arch="topk", d_sae=D_SAE, k=K, batch_size=BATCH, tokens=TOKENS, dead_tokens=10**9, shuffle_batches=0
+    )
     result = {}
 
     def train():

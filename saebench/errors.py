@@ -21,7 +21,7 @@ class SaebenchError(Exception):
         self.where = str(where) if where is not None else None
         super().__init__(f"{self.where}: {problem}" if self.where else problem)
 
-    def inside(self, outer: str) -> "SaebenchError":
+    def inside(self, outer: str) -> SaebenchError:
         """The same error located inside ``outer`` (a matrix key around a plugin's own file or option)."""
         return type(self)(self.problem, f"{outer}: {self.where}" if self.where else outer)
 
@@ -63,3 +63,13 @@ def validation_error(exc: Any, where: str | Path) -> ConfigError:
 
 class DataError(SaebenchError):
     """Input data (a corpus, a probe task's texts) is empty or unusable."""
+
+
+def one_line(exc: BaseException, limit: int = 2000, *, with_type: bool = True) -> str:
+    """An exception as one line ("Type: message", whitespace collapsed), at most ``limit`` characters:
+    what a cell's error, a failed latent, a plugin failure and a log line show."""
+    text = " ".join(str(exc).split())
+    if with_type:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    text = text or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

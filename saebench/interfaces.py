@@ -1,37 +1,50 @@
-"""Interfaces of the pluggable kinds other than SAE architectures and loaders.
+"""The base classes of the pluggable kinds (other than SAE architectures and LLM clients) and what they exchange.
 
-These fix the shape of the system; the runner, auto-interpretability and probe
-issues fill in implementations. Data flows one way: an adapter produces
-activations, a data source produces text, a scorer receives an SAE plus what
-it needs and returns one :class:`ScoreResult`; it never writes to the store.
+Data flows one way: an adapter produces activations, a data source produces text, a scorer
+receives an SAE plus what it needs (:class:`EvalInputs`) and returns one :class:`ScoreResult`; it
+never loads a model or writes to the store. Every plugin's options are a pydantic model
+(``class Options(saebench.Options)``), parsed by its base class into ``self.options``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 from torch import Tensor
 
+from saebench.errors import ConfigError, PluginError
+from saebench.interp.types import Explanation, LatentRecord, LatentScore, mean_metrics
+from saebench.options import Options
 from saebench.sae import SAE
+
+if TYPE_CHECKING:
+    from saebench.interp.llm import LLMClient
 
 
 class ModelAdapter(ABC):
     """Loads a subject model, names its hook points, captures and replaces activations there.
 
-    Constructed as ``Adapter(path, **options)`` (options from the matrix: ``device``, ``dtype``...),
+    Constructed as ``Adapter(path, **options)`` with the matrix's ``options`` (``device``, ``dtype``...),
     which loads the model. Hook points are named ``layers.{i}`` (residual stream after block i),
     ``layers.{i}.mlp`` and ``layers.{i}.attn`` (the sublayers' outputs).
     """
 
     name: ClassVar[str] = ""
+    Options: ClassVar[type[Options]] = Options
     #: identifies the loaded weights for cache keys (path plus a content hash or revision)
     model_id: str
     bos_token_id: int | None
     eos_token_id: int | None
     pad_token_id: int | None
+
+    def __init__(self, path: str, **options: Any):
+        self.path = str(path)
+        self.options = self.Options.parse(options, f"model adapter {self.name}")
 
     @abstractmethod
     def hookpoints(self) -> list[str]:
@@ -49,10 +62,10 @@ class ModelAdapter(ABC):
         """The text of each token of a sequence, such that their concatenation is the decoded sequence
         (a leading space stays with its token). Needed only by interpretability (examples shown to
         explainers and judges), so adapters written before it still work for everything else."""
-        from saebench.errors import PluginError
-
-        raise PluginError("this adapter cannot show tokens as text (token_strings), which interpretability needs",
-                          type(self).name or type(self).__name__)
+        raise PluginError(
+            "this adapter cannot show tokens as text (token_strings), which interpretability needs",
+            type(self).name or type(self).__name__,
+        )
 
     @abstractmethod
     def special_mask(self, tokens: Tensor) -> Tensor:
@@ -74,102 +87,52 @@ class ModelAdapter(ABC):
 class DataSource(ABC):
     """Yields documents (plain text) in a deterministic order.
 
-    Constructed as ``Source(**options)`` with the matrix's ``data`` keys other than
-    ``source``, ``tokens`` and ``context_length``; a bad option raises ConfigError.
+    Constructed as ``Source(**options)`` with the matrix's ``data`` keys other than ``source``,
+    ``tokens`` and ``context_length``.
     """
 
     name: ClassVar[str] = ""
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, **options: Any):
+        self.options = self.Options.parse(options, "data", nest=True)
 
     @abstractmethod
     def documents(self) -> Iterator[str]:
         """The documents of this source, first to last."""
 
 
-class Example(BaseModel):
-    """One context window as explainers and scorers see it: token strings and one latent's activations."""
-
-    tokens: list[str] = Field(description="token strings; their concatenation is the window's text")
-    activations: list[float] = Field(description="the latent's activation at each token (all 0 for a negative)")
-    window: int = Field(description="index of the window in the evaluation set (for disjointness checks)")
-    kind: Literal["activating", "random", "hard"] = "activating"
-    quantile: int | None = Field(None, description="activation-quantile bin of an activating example, 0 = weakest")
-
-    @property
-    def text(self) -> str:
-        return "".join(self.tokens)
-
-    @property
-    def max_activation(self) -> float:
-        return max(self.activations, default=0.0)
-
-
-class LatentRecord(BaseModel):
-    """What an explainer and a scorer see of one latent.
-
-    ``train`` (shown to explainers) and ``test`` (for scorers) are disjoint sets of activating windows,
-    as are ``train_negatives`` and ``test_negatives`` (windows where the latent is 0 everywhere);
-    no window appears in two of the four lists.
-    """
-
-    latent: int
-    n_activating: int = Field(description="activating windows in the evaluation set")
-    density: float = Field(description="fraction of evaluation tokens where the latent is non-zero")
-    max_activation: float
-    train: list[Example] = Field(default_factory=list)
-    test: list[Example] = Field(default_factory=list)
-    train_negatives: list[Example] = Field(default_factory=list)
-    test_negatives: list[Example] = Field(default_factory=list)
-
-
-class Explanation(BaseModel):
-    """An explainer's answer. ``text`` is None when there is no usable answer: it is never scored."""
-
-    latent: int
-    explainer: str
-    text: str | None
-    failure: str | None = Field(None, description="why text is None (unparsable answer, LLM gave up...)")
-    parse_failures: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float | None = None
-
-
-class ScoreResult(BaseModel):
-    """One cell's outcome: flat metrics for the leaderboard plus free-form details.
-
-    A metric that could not be computed is None, never a made-up number.
-    """
-
-    metrics: dict[str, float | None]
-    details: dict[str, Any] = Field(default_factory=dict)
-
-
-class Explainer(ABC):
-    """Turns a latent record into a natural-language explanation.
-
-    Constructed as ``Explainer(**options)`` (``OPTIONS`` parsed like a scorer's); the runner sets
-    ``llm`` to the configured client before the first call when ``needs_llm``.
-    """
+class SAELoader(ABC):
+    """Reads one on-disk checkpoint layout into an :class:`SAE` (``saebench.load_sae`` picks the loader)."""
 
     name: ClassVar[str] = ""
-    needs_llm: ClassVar[bool] = True
-    OPTIONS: ClassVar[tuple] = ()
-
-    def __init__(self, **options: Any):
-        from saebench.metrics import parse_options
-
-        self.options = parse_options(f"explainer {self.name}", options, self.OPTIONS)
-        for key, value in self.options.items():
-            setattr(self, key, value)
-        self.llm: LLMClient | None = None
+    #: when several loaders detect a path, the highest priority wins
+    priority: ClassVar[int] = 0
 
     @abstractmethod
-    async def explain(self, record: LatentRecord) -> Explanation:
-        """Explain one latent from ``record.train`` (and ``record.train_negatives``), never from the test sets.
+    def detect(self, path: Path) -> bool:
+        """Cheaply decide whether ``path`` (file or folder) is in this format. Must not raise."""
 
-        An answer that cannot be parsed is returned with ``text=None`` and a ``failure``; an LLM
-        that gives up after its retries raises :class:`saebench.llm.LLMError`.
-        """
+    @abstractmethod
+    def load(self, path: Path, *, allow_pickle: bool = False) -> SAE:
+        """Read the checkpoint. Raise CheckpointError for anything wrong with the files."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric a scorer declares as one of its headline numbers (what the report draws and readers look at).
+
+    ``name`` is a metric name or a regular expression over them (``k\\d+_accuracy``). ``plot``: drawn
+    against the sparsity axis in the report's frontier plots. ``axis``: this metric *is* that axis
+    (the sparsity scorer's L0); one scorer declares it. ``label``: how a plot names it ("L0 (active
+    latents per token)"); default the column's name.
+    """
+
+    name: str
+    higher_is_better: bool | None = True
+    plot: bool = True
+    axis: bool = False
+    label: str | None = None
 
 
 @dataclass
@@ -189,12 +152,30 @@ class EvalInputs:
     tokens: Tensor
     adapter: ModelAdapter | None = None
     seed: int = 0
-    #: probe scorers: ``probe_data(task)`` is the task's ProbeData at ``hookpoint`` (one cached
-    #: forward pass per model, task and hook point, shared by every SAE and probe scorer)
-    probe_data: "Callable[[Any], Any] | None" = None
-    #: probe scorers: ``explain(latents)`` gives {latent: explanation text} from the matrix's
-    #: explainers (stored explanations first); None when the run has none configured
-    explain: "Callable[[list[int]], dict[int, str]] | None" = None
+    #: probe scorers: ``probe_data(task, context_length=, max_rows=)`` is the task's ProbeData at
+    #: ``hookpoint`` (one cached forward pass per model, task and hook point, shared by every SAE)
+    probe_data: Callable[..., Any] | None = None
+    #: scorers with ``uses_explanations``: ``explain(latents)`` gives {latent: explanation text} from
+    #: the run's rule explainer (stored explanations first)
+    explain: Callable[[list[int]], dict[int, str]] | None = None
+
+    def model(self, scorer: str) -> ModelAdapter:
+        """The loaded model, for a scorer with ``needs_model``; ConfigError when none was given."""
+        if self.adapter is None:
+            raise ConfigError(
+                f"{scorer} needs a model (inputs.adapter is None): list the model in the matrix", f"scorer {scorer}"
+            )
+        return self.adapter
+
+
+class ScoreResult(BaseModel):
+    """One cell's outcome: flat metrics for the leaderboard plus free-form details.
+
+    A metric that could not be computed is None, never a made-up number.
+    """
+
+    metrics: dict[str, float | None]
+    details: dict[str, Any] = Field(default_factory=dict)
 
 
 class Scorer(ABC):
@@ -208,31 +189,18 @@ class Scorer(ABC):
     family: ClassVar[Literal["intrinsic", "interp", "probe"]] = "intrinsic"
     #: whether score() needs inputs.adapter (a loaded model); others run from cached activations only
     needs_model: ClassVar[bool] = False
-    #: the options this scorer takes (saebench.metrics.Option); each becomes an attribute
-    OPTIONS: ClassVar[tuple] = ()
+    #: whether score() reads inputs.explain (rules named from the run's explainer)
+    uses_explanations: ClassVar[bool] = False
+    #: the metrics the report draws and a reader looks at first (see Metric)
+    headline: ClassVar[tuple[Metric, ...]] = ()
+    Options: ClassVar[type[Options]] = Options
 
     def __init__(self, **options: Any):
-        from saebench.metrics import parse_options
-
-        self.options = parse_options(f"scorer {self.name}", options, self.OPTIONS)
-        for key, value in self.options.items():
-            setattr(self, key, value)
+        self.options = self.Options.parse(options, f"scorer {self.name}")
 
     @abstractmethod
     def score(self, sae: SAE, inputs: EvalInputs) -> ScoreResult:
         """Score ``sae``; metric names are short (``l0``), the runner prefixes the scorer's name."""
-
-
-class LatentScore(BaseModel):
-    """One latent's result from an interpretability scorer (stored per latent as it arrives)."""
-
-    latent: int
-    metrics: dict[str, float | None] = Field(description="e.g. balanced_accuracy; None when not computable")
-    details: dict[str, Any] = Field(default_factory=dict, description="per-example predictions and the like")
-    parse_failures: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float | None = None
 
 
 @dataclass
@@ -245,7 +213,7 @@ class InterpContext:
 
     sae: SAE
     hookpoint: str
-    llm: "LLMClient | None" = None
+    llm: LLMClient | None = None
     adapter: ModelAdapter | None = None
     tokens: Tensor | None = None
     seed: int = 0
@@ -262,18 +230,95 @@ class InterpScorer(Scorer):
     family: ClassVar[Literal["intrinsic", "interp", "probe"]] = "interp"
     needs_llm: ClassVar[bool] = True
 
+    def check_llm(self, client: LLMClient) -> None:
+        """Raise ConfigError when ``client`` cannot serve this scorer (checked before any work)."""
+
     @abstractmethod
     async def score_latent(self, record: LatentRecord, explanation: Explanation, ctx: InterpContext) -> LatentScore:
         """Score one latent's explanation against ``record.test`` and ``record.test_negatives``."""
 
     def aggregate(self, scores: Sequence[LatentScore]) -> dict[str, float | None]:
         """Leaderboard metrics over the scored latents; by default the mean of each metric."""
-        from saebench.interp import mean_metrics
-
         return mean_metrics(scores)
 
     def score(self, sae: SAE, inputs: EvalInputs) -> ScoreResult:  # pragma: no cover - the runner drives interp scorers
         raise TypeError(f"{self.name} is an interpretability scorer: the runner calls score_latent per latent")
 
 
-from saebench.llm import LLMClient, LLMError, LLMRequest, LLMResponse, TokenLogprob  # noqa: E402  (re-exported)
+class Explainer(ABC):
+    """Turns a latent record into a natural-language explanation.
+
+    Constructed as ``Explainer(**options)``; the runner sets ``llm`` to the configured client
+    before the first call when ``needs_llm``.
+    """
+
+    name: ClassVar[str] = ""
+    needs_llm: ClassVar[bool] = True
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, **options: Any):
+        self.options = self.Options.parse(options, f"explainer {self.name}")
+        self.llm: LLMClient | None = None
+
+    @abstractmethod
+    async def explain(self, record: LatentRecord) -> Explanation:
+        """Explain one latent from ``record.train`` (and ``record.train_negatives``), never from the test sets.
+
+        An answer that cannot be parsed is returned with ``text=None`` and a ``failure``; an LLM
+        that gives up after its retries raises :class:`saebench.interp.llm.LLMError`.
+        """
+
+
+@dataclass(frozen=True)
+class TaskExample:
+    """One text of a probe task: a ``label`` (sequence level) or ``spans`` (token level)."""
+
+    text: str
+    label: str | None = None
+    #: [start, end) character spans of ``text`` and their labels; non-overlapping
+    spans: tuple[tuple[int, int, str], ...] = ()
+
+
+class ProbeTask(ABC):
+    """A labelled probing task. Constructed as ``Task(**options)``; a bad option raises ConfigError.
+
+    ``examples()`` must be deterministic for given options (the runner caches what it yields, keyed by
+    ``identity()``); bump ``version`` when the texts or labels a task yields change.
+    """
+
+    name: ClassVar[str] = ""
+    level: ClassVar[Literal["sequence", "token"]] = "sequence"
+    version: ClassVar[str] = "1"
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, **options: Any):
+        self.options = self.Options.parse(options, f"probe task {self.name}")
+
+    @abstractmethod
+    def examples(self) -> Iterator[TaskExample]:
+        """The task's texts with their labels, in a fixed order."""
+
+    def taxonomy(self) -> dict[str, str]:
+        """A reference hierarchy over the labels, as {child: parent} (labels are leaves; inner names
+        are free), or {} when the task has none. TreeProbe compares its induced tree with it."""
+        return {}
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "options": self.options.as_dict()}
+
+
+class ReportSection(ABC):
+    """A section of ``saebench report`` contributed by a plugin (TreeProbe's trees are one).
+
+    ``render`` gets every finished cell of the store as a mapping with ``model``, ``hookpoint``,
+    ``sae``, ``scorer`` (the cell's label), ``plugin`` (the scorer's registered name), ``metrics``
+    and ``details``, and returns the section's HTML, or None to leave it out. Every string that comes
+    from the data must be escaped (``saebench.results.html.esc``): the page allows no script but its own.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+
+    @abstractmethod
+    def render(self, cells: Sequence[Mapping[str, Any]]) -> str | None:
+        """The section's HTML body from the stored cells; None when it has nothing to show."""

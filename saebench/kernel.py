@@ -15,19 +15,43 @@ Why it is shaped this way (measurements in benchmarks/RESULTS.md):
   the blocks, threshold SAEs merge each block's non-zeros. Extra memory is one
   tile plus the sparse output, whatever d_sae is.
 Any other device (CUDA) uses the same tiling with plain torch ops.
+
+The kernel knows an SAE only through :class:`Fusable`, the part of :class:`saebench.SAE` it
+uses; prepared weights are cached here per SAE object, and rebuilt when a weight changes.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from saebench.sae import SAE
+from saebench.errors import ShapeError
+
+
+class Fusable(Protocol):
+    """What the kernel needs of an SAE: its weights, config and the fusion hooks of :class:`saebench.SAE`."""
+
+    cfg: Any
+    W_enc: Tensor
+    W_dec: Tensor
+    b_dec: Tensor
+    weight_shapes: ClassVar[dict[str, tuple[str, ...]]]
+    sparse_from_relu: ClassVar[bool]
+    topk_per_token: ClassVar[bool]
+    latent_blocks: ClassVar[bool]
+    chunk_tokens: int | None
+
+    def fused_epilogue(self) -> tuple[Tensor, str]: ...
+
+    def finish_dense(self, g: Tensor, latents: slice) -> Tensor: ...
+
+    def finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor: ...
+
 
 #: a tile's output of about this many floats (~24 MiB) stays in a 32 MiB last-level cache
 _TILE_ELEMENTS = 6 * 2**20
@@ -75,24 +99,34 @@ class EncoderPlan:
         return g.relu_() if self.post == "relu" else g
 
 
-def plan_for(sae: "SAE", compute_dtype: torch.dtype | None = None) -> EncoderPlan:
+#: per SAE object and compute dtype: (what the plan was built from, the plan); dropped with the SAE
+_PLANS: weakref.WeakKeyDictionary[Any, dict[torch.dtype, tuple[tuple, EncoderPlan]]] = weakref.WeakKeyDictionary()
+
+
+def plan_for(sae: Fusable, compute_dtype: torch.dtype | None = None) -> EncoderPlan:
     """The cached plan for ``sae``, rebuilt whenever a parameter is modified or moved."""
     dtype = compute_dtype or torch.float32
     params = [getattr(sae, n) for n in sae.weight_shapes]
     key = (dtype, sae.chunk_tokens, MAX_BLOCK_LATENTS, tuple((p.device, p.data_ptr(), p._version) for p in params))
-    plan = sae._plans.get(dtype)
+    plans = _PLANS.setdefault(sae, {})
+    plan = plans.get(dtype)
     if plan is not None and plan[0] == key:
         return plan[1]
-    sae._plans.pop(dtype, None)  # free the stale packed weights before building new ones
+    plans.pop(dtype, None)  # free the stale packed weights before building new ones
     with torch.no_grad():
         built = _build_plan(sae, dtype)
-    sae._plans[dtype] = (key, built)
+    plans[dtype] = (key, built)
     return built
 
 
-def _build_plan(sae: "SAE", dtype: torch.dtype) -> EncoderPlan:
+def forget(sae: Fusable) -> None:
+    """Drop ``sae``'s prepared weights (a trainer's fused optimiser changes weights without bumping their version)."""
+    _PLANS.pop(sae, None)
+
+
+def _build_plan(sae: Fusable, dtype: torch.dtype) -> EncoderPlan:
     cfg = sae.cfg
-    bias, post = sae._epilogue()
+    bias, post = sae.fused_epilogue()
     W = sae.W_enc.float()
     bias = bias.float()
     if cfg.apply_b_dec_to_input:  # (s·x - b_dec)·W + b = x·(s·W) + (b - b_dec·W)
@@ -122,7 +156,9 @@ def _chunks(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
-def encode_dense(sae: "SAE", x: Tensor, out: Tensor | None = None, compute_dtype: torch.dtype | None = None) -> Tensor:
+def encode_dense(
+    sae: Fusable, x: Tensor, out: Tensor | None = None, compute_dtype: torch.dtype | None = None
+) -> Tensor:
     """Dense latents [N, d_sae] of x [N, d_in], written tile by tile into ``out``."""
     plan = plan_for(sae, compute_dtype)
     n, d_sae = x.shape[0], sae.cfg.d_sae
@@ -130,8 +166,6 @@ def encode_dense(sae: "SAE", x: Tensor, out: Tensor | None = None, compute_dtype
     if out is None:
         out = torch.empty(n, d_sae, dtype=dtype, device=x.device)
     elif out.shape != (n, d_sae) or not out.is_contiguous():
-        from saebench.errors import ShapeError
-
         raise ShapeError(f"out must be a contiguous [{n}, {d_sae}] tensor, got {list(out.shape)}")
     for s in _chunks(n, plan.chunk):
         if sae.topk_per_token:
@@ -139,27 +173,23 @@ def encode_dense(sae: "SAE", x: Tensor, out: Tensor | None = None, compute_dtype
             out[s].zero_().scatter_(1, indices, values.to(dtype))
             continue
         for b in plan.blocks:
-            out[s, b.lo : b.hi] = sae._finish_dense(plan.linear(x[s], b), slice(b.lo, b.hi))
+            out[s, b.lo : b.hi] = sae.finish_dense(plan.linear(x[s], b), slice(b.lo, b.hi))
     return out
 
 
 def _topk_tile_row(plan: EncoderPlan, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """ReLU(top-k) of one chunk of tokens across all latent blocks: a running top-k."""
-    values = indices = None
-    for b in plan.blocks:
+    first, *rest = plan.blocks
+    values, indices = torch.topk(plan.linear(x, first), min(k, first.hi - first.lo), dim=-1, sorted=False)
+    for b in rest:
         v, i = torch.topk(plan.linear(x, b), min(k, b.hi - b.lo), dim=-1, sorted=False)
-        if b.lo:
-            i += b.lo
-        if values is None:
-            values, indices = v, i
-        else:
-            values, pos = torch.topk(torch.cat([values, v], 1), k, dim=-1, sorted=False)
-            indices = torch.cat([indices, i], 1).gather(1, pos)
+        values, pos = torch.topk(torch.cat([values, v], 1), k, dim=-1, sorted=False)
+        indices = torch.cat([indices, i + b.lo], 1).gather(1, pos)
     return values.relu_(), indices
 
 
 def encode_sparse(
-    sae: "SAE", x: Tensor, k_max: int | None = None, compute_dtype: torch.dtype | None = None
+    sae: Fusable, x: Tensor, k_max: int | None = None, compute_dtype: torch.dtype | None = None
 ) -> tuple[Tensor, Tensor]:
     """(values, indices) [N, K] of x [N, d_in]; see :meth:`saebench.SAE.encode_sparse` for K and padding."""
     plan = plan_for(sae, compute_dtype)
@@ -172,14 +202,14 @@ def encode_sparse(
         for s in _chunks(n, plan.chunk):
             values[s], indices[s] = _topk_tile_row(plan, x[s], k)
         return values, indices
-    finish = sae._finish_sparse if sae.sparse_from_relu else None
+    finish = sae.finish_sparse if sae.sparse_from_relu else None
     parts = []
     for s in _chunks(n, plan.chunk):
         row = []
         for b in plan.blocks:
             g = plan.linear(x[s], b)
             if not sae.sparse_from_relu:
-                g = sae._finish_dense(g, slice(b.lo, b.hi))
+                g = sae.finish_dense(g, slice(b.lo, b.hi))
             row.append(pack_nonzero(g, k_max, finish, dtype, offset=b.lo))
         parts.append(row[0] if len(row) == 1 else merge_packed(row, k_max))
     width = max((p[0].shape[1] for p in parts), default=0)
@@ -232,13 +262,13 @@ def _pack(rows: Tensor, latents: Tensor, vals: Tensor, n_rows: int, k_max: int |
     return values, indices
 
 
-def decode_sparse(sae: "SAE", values: Tensor, indices: Tensor) -> Tensor:
+def decode_sparse(sae: Fusable, values: Tensor, indices: Tensor) -> Tensor:
     """x̂ [N, d_in] from (values, indices) [N, K]: a weighted gather-sum of decoder rows (embedding_bag)."""
     W_dec = sae.W_dec
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= sae.cfg.d_sae):
-        from saebench.errors import ShapeError
-
-        raise ShapeError(f"latent indices must lie in [0, {sae.cfg.d_sae}), got [{int(indices.min())}, {int(indices.max())}]")
+        raise ShapeError(
+            f"latent indices must lie in [0, {sae.cfg.d_sae}), got [{int(indices.min())}, {int(indices.max())}]"
+        )
     n = values.shape[0]
     if values.shape[1] == 0:
         x_hat = sae.b_dec.expand(n, -1).clone()

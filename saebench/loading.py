@@ -12,36 +12,22 @@ import json
 import struct
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import ValidationError
 
 from saebench import plugin_manager
-from saebench.errors import CheckpointError, ConfigError, PluginError, validation_error
+from saebench.errors import CheckpointError, ConfigError, PluginError, one_line, validation_error
+from saebench.interfaces import SAELoader
 from saebench.sae import DTYPES, SAE, SAEConfig
 
 NATIVE_FORMAT_VERSION = 1
 NATIVE_CONFIG = "cfg.json"
 NATIVE_WEIGHTS = "sae_weights.safetensors"
-
-
-class SAELoader:
-    """Reads one on-disk checkpoint layout into an :class:`SAE`."""
-
-    name: ClassVar[str] = ""
-    #: when several loaders detect a path, the highest priority wins
-    priority: ClassVar[int] = 0
-
-    def detect(self, path: Path) -> bool:
-        """Cheaply decide whether ``path`` (file or folder) is in this format. Must not raise."""
-        raise NotImplementedError
-
-    def load(self, path: Path, *, allow_pickle: bool = False) -> SAE:
-        """Read the checkpoint. Raise CheckpointError for anything wrong with the files."""
-        raise NotImplementedError
 
 
 # -- the public API ------------------------------------------------------------------------------
@@ -89,7 +75,9 @@ def load_sae(
         if not found:
             known = ", ".join(registry.names("loader"))
             hint = "; convert pickles to safetensors" if path.suffix in (".pt", ".pth", ".bin", ".ckpt", ".pkl") else ""
-            raise CheckpointError(f"not a checkpoint in any known format ({known}){hint}; pass format= to force one", path)
+            raise CheckpointError(
+                f"not a checkpoint in any known format ({known}){hint}; pass format= to force one", path
+            )
         loader = max(found, key=lambda ld: ld.priority)
     else:
         loader = registry.get("loader", format)()
@@ -122,6 +110,11 @@ def save_sae(sae: SAE, path: str | Path) -> Path:
 
 
 # -- readers shared by the loader plugins ------------------------------------------------------
+def checkpoint_folder(path: Path, weights: str) -> Path:
+    """The folder of a one-folder checkpoint, given the folder or its weights file ``weights``."""
+    return path.parent if path.is_file() and path.name == weights else path
+
+
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -140,8 +133,17 @@ def read_npz(path: Path) -> dict[str, torch.Tensor]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: torch.from_numpy(np.array(data[k])) for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error, struct.error,
-            NotImplementedError, RuntimeError) as exc:  # zipfile: unsupported version/compression, "encrypted"
+    except (
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        EOFError,
+        KeyError,
+        zlib.error,
+        struct.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:  # zipfile: unsupported version/compression, "encrypted"
         raise CheckpointError(f"corrupt or truncated npz ({_short(exc)})", path) from None
 
 
@@ -214,8 +216,10 @@ def build_checkpoint(
     try:
         return build_sae(arch, weights, where=str(where), **config)
     except (ConfigError, PluginError) as exc:  # a config value: name the config file (and the key)
-        key = exc.where.split(": ", 1)[1] if exc.where and ": " in exc.where else None
-        raise CheckpointError(exc.problem, f"{cfg_where or where}: {key}" if key else (cfg_where or where)) from None
+        option = exc.where.split(": ", 1)[1] if exc.where and ": " in exc.where else None
+        raise CheckpointError(
+            exc.problem, f"{cfg_where or where}: {option}" if option else (cfg_where or where)
+        ) from None
     except CheckpointError as exc:
         if exc.where is None:  # raised by an architecture's validate_config, which knows no file
             raise CheckpointError(exc.problem, cfg_where or where) from None
@@ -237,5 +241,4 @@ def masked_relu_threshold(threshold: torch.Tensor) -> torch.Tensor:
 
 
 def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:160] + "…") if len(text) > 160 else text or type(exc).__name__
+    return one_line(exc, 161, with_type=False)

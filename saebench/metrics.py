@@ -1,4 +1,4 @@
-"""Helpers shared by the scorers: option checking and the stream of encoded activation batches.
+"""Helpers shared by the scorers: the stream of encoded activation batches, ratios, AUC, binary metrics.
 
 Scorers stream over ``inputs.activations(batch_tokens)`` and accumulate in float64, so their
 memory is bounded by one batch whatever the number of evaluation tokens.
@@ -6,64 +6,22 @@ memory is bounded by one batch whatever the number of evaluation tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
+from pydantic import Field
 from torch import Tensor
 
-from saebench.errors import ConfigError, ShapeError
+from saebench.errors import ShapeError
 from saebench.interfaces import EvalInputs
+from saebench.options import Options
 from saebench.sae import SAE
 
 
-@dataclass(frozen=True)
-class Option:
-    """One keyword option of a plugin: its type, default, lower bound and whether None is allowed."""
+class StreamOptions(Options):
+    """The options of every scorer that streams over the cached activations."""
 
-    name: str
-    type: type
-    default: Any
-    minimum: float | None = None
-    optional: bool = False  # None is a valid value (e.g. "no cap")
-    help: str = ""
-
-
-#: the options of every scorer that streams over the cached activations
-STREAM_OPTIONS = (
-    Option("batch_tokens", int, 4096, minimum=1, help="tokens encoded per batch"),
-    Option("max_tokens", int, None, minimum=1, optional=True, help="evaluate at most this many tokens"),
-)
-
-
-def parse_options(plugin: str, given: Mapping[str, Any], spec: Sequence[Option]) -> dict[str, Any]:
-    """Check ``given`` against ``spec``; the defaults filled in. Raises ConfigError naming the bad key.
-
-    Types are strict: a bool is not an int, an int is accepted where a float is expected.
-    """
-    known = {o.name: o for o in spec}
-    valid = ", ".join(known) or "none"
-    for name in given:
-        if name not in known:
-            raise ConfigError(f"unknown option {name!r}; valid options: {valid}", plugin)
-    out: dict[str, Any] = {}
-    for opt in spec:
-        value = given.get(opt.name, opt.default)
-        if value is None:
-            if not opt.optional:
-                raise ConfigError(f"option {opt.name!r} must be a {opt.type.__name__}, got None", plugin)
-            out[opt.name] = None
-            continue
-        ok = isinstance(value, opt.type) and not (isinstance(value, bool) and opt.type is not bool)
-        if opt.type is float and isinstance(value, int) and not isinstance(value, bool):
-            ok, value = True, float(value)
-        if not ok:
-            raise ConfigError(
-                f"option {opt.name!r} must be a {opt.type.__name__}, got {type(value).__name__} {value!r}", plugin
-            )
-        if opt.minimum is not None and value < opt.minimum:
-            raise ConfigError(f"option {opt.name!r} must be >= {opt.minimum:g}, got {value!r}", plugin)
-        out[opt.name] = value
-    return out
+    batch_tokens: int = Field(4096, ge=1, description="tokens encoded per batch")
+    max_tokens: int | None = Field(None, ge=1, description="evaluate at most this many tokens (default: all)")
 
 
 def activation_batches(

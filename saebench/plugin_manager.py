@@ -1,56 +1,80 @@
-"""The one plugin manager: loads entry points of group ``saebench`` and collects what they register.
+"""The one plugin manager: the built-in plugins, then third-party entry points, collected into one registry per kind.
 
-Built-in plugins (listed in registry.yaml, installed as entry points of the
-``saebench`` distribution) and third-party ones go through exactly this path.
-``SAEBENCH_LOAD_PLUGINS=relu,topk`` loads only the named entry points (empty:
-none), which tests use to isolate plugins. A plugin that fails to import or to
-register is recorded in :attr:`Registry.failures` and the others still load.
+Built-ins are the modules of :data:`DEFAULT_PLUGINS` (registry.yaml is their catalogue), registered
+with the same hooks a third party's package uses; they load without being installed as entry points
+and cannot be switched off, and an error in one is a bug that stops the program. Third-party plugins
+come through the entry-point group ``saebench``: ``SAEBENCH_LOAD_PLUGINS=a,b`` loads only the entry
+points named ``a`` and ``b`` (empty: none), and one that fails to import or to register is recorded
+in :attr:`Registry.failures` while the others still load.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import os
 from dataclasses import dataclass, field
 from functools import partial
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any
 
 import pluggy
 
 from saebench import hookspecs
-from saebench.errors import PluginError
+from saebench.errors import PluginError, one_line
+from saebench.hookspecs import KINDS, Kind
 
 GROUP = "saebench"
+BUILT_IN = "built-in"
 
-# kind -> (hook name, attribute holding the registered object's name)
-KINDS: dict[str, tuple[str, str]] = {
-    "architecture": ("register_architectures", "arch"),
-    "loader": ("register_loaders", "name"),
-    "model_adapter": ("register_model_adapters", "name"),
-    "data_source": ("register_data_sources", "name"),
-    "explainer": ("register_explainers", "name"),
-    "scorer": ("register_scorers", "name"),
-    "llm_client": ("register_llm_clients", "name"),
-    "probe_task": ("register_probe_tasks", "name"),
-}
+#: the built-in plugins, in load order (registry.yaml lists what each registers)
+DEFAULT_PLUGINS = tuple(
+    f"saebench.plugins.{m}"
+    for m in (
+        "architectures.relu",
+        "architectures.topk",
+        "architectures.jumprelu",
+        "loaders.native",
+        "loaders.saelens",
+        "loaders.sparsify",
+        "loaders.gemmascope",
+        "loaders.openai",
+        "adapters.hf_causal_lm",
+        "data_sources.python_stdlib",
+        "data_sources.text_files",
+        "data_sources.hf_datasets",
+        "scorers.sparsity",
+        "scorers.reconstruction",
+        "scorers.downstream",
+        "llm_clients.openai",
+        "llm_clients.anthropic",
+        "llm_clients.local",
+        "explainers.llm",
+        "explainers.contrastive",
+        "explainers.top_tokens",
+        "scorers.detection",
+        "scorers.fuzzing",
+        "scorers.surprisal",
+        "scorers.embedding",
+        "scorers.intervention",
+        "scorers.simulation",
+        "scorers.sparse_probing",
+        "scorers.treeprobe",
+        "scorers.treeprobe.report",
+        "scorers.absorption",
+        "probe_tasks.text_source",
+        "probe_tasks.python_token_type",
+        "probe_tasks.python_syntax",
+        "probe_tasks.bracket_depth",
+        "probe_tasks.python_string_comment",
+        "probe_tasks.file",
+        "probe_tasks.hf_dataset",
+    )
+)
 
-
-def _base_class(kind: str) -> type:
-    # Imported lazily: the bases import torch and pydantic, the manager should not.
-    from saebench import interfaces, loading, probing, sae
-
-    return {
-        "architecture": sae.SAE,
-        "loader": loading.SAELoader,
-        "model_adapter": interfaces.ModelAdapter,
-        "data_source": interfaces.DataSource,
-        "explainer": interfaces.Explainer,
-        "scorer": interfaces.Scorer,
-        "llm_client": interfaces.LLMClient,
-        "probe_task": probing.ProbeTask,
-    }[kind]
+#: plugins registered in this process without packaging (``saebench.testing.register_plugin``): (object, name)
+IN_PROCESS: list[tuple[object, str]] = []
 
 
 @dataclass(frozen=True)
@@ -61,8 +85,8 @@ class PluginInfo:
     name: str
     obj: Any
     description: str
-    plugin: str  # the entry point (or in-process plugin) that registered it
-    source: str  # "built-in" or the distribution that registered it
+    plugin: str  # the module, entry point or in-process plugin that registered it
+    source: str  # "built-in", "in-process" or the distribution that registered it
     version: str
 
 
@@ -74,18 +98,44 @@ class PluginFailure:
 
 
 @dataclass
+class KindRegistry:
+    """The registered members of one kind, each checked against the kind's base class."""
+
+    kind: Kind
+    entries: dict[str, PluginInfo] = field(default_factory=dict)
+
+    def add(self, obj: Any, plugin: str, source: str, version: str) -> None:
+        base = self.kind.base
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise PluginError(
+                f"{plugin}: registered {obj!r} as a {self.kind.name}, but it is not a subclass of {base.__name__}"
+            )
+        name = getattr(obj, self.kind.name_attr, None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{plugin}: {obj.__name__} has no {self.kind.name_attr!r} name")
+        if name in self.entries:
+            raise PluginError(
+                f"{plugin}: {self.kind.name} {name!r} is already registered by {self.entries[name].plugin}"
+            )
+        self.entries[name] = PluginInfo(self.kind.name, name, obj, describe(obj), plugin, source, version)
+
+
+@dataclass
 class Registry:
-    entries: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
+    kinds: dict[str, KindRegistry] = field(default_factory=lambda: {k: KindRegistry(v) for k, v in KINDS.items()})
     failures: list[PluginFailure] = field(default_factory=list)
 
-    def get(self, kind: str, name: str) -> Any:
-        """The object registered as ``name`` of ``kind``, or a PluginError that lists the known names."""
-        if kind not in KINDS:
-            raise PluginError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
-        info = self.entries.get((kind, name))
-        if info is not None:
-            return info.obj
-        known = self.names(kind)
+    def of(self, kind: str) -> KindRegistry:
+        if kind not in self.kinds:
+            raise PluginError(f"unknown plugin kind {kind!r}; kinds: {', '.join(self.kinds)}")
+        return self.kinds[kind]
+
+    def info(self, kind: str, name: str) -> PluginInfo:
+        """What is registered as ``name`` of ``kind``, or a PluginError that lists the known names."""
+        entries = self.of(kind).entries
+        if name in entries:
+            return entries[name]
+        known = sorted(entries)
         hint = difflib.get_close_matches(name, known, n=1)
         msg = f"unknown {kind.replace('_', ' ')} {name!r}"
         msg += f" (did you mean {hint[0]!r}?)" if hint else ""
@@ -94,11 +144,18 @@ class Registry:
             msg += f"; plugins that failed to load: {', '.join(f.plugin for f in self.failures)}"
         raise PluginError(msg)
 
+    def get(self, kind: str, name: str) -> Any:
+        """The class registered as ``name`` of ``kind``."""
+        return self.info(kind, name).obj
+
     def names(self, kind: str) -> list[str]:
-        return sorted(n for k, n in self.entries if k == kind)
+        return sorted(self.of(kind).entries)
 
     def of_kind(self, kind: str) -> list[PluginInfo]:
-        return [self.entries[(kind, n)] for n in self.names(kind)]
+        return [self.of(kind).entries[n] for n in self.names(kind)]
+
+    def all(self) -> list[PluginInfo]:
+        return [info for k in self.kinds for info in self.of_kind(k)]
 
 
 def describe(obj: Any) -> str:
@@ -114,19 +171,37 @@ class _Loader:
         self.sources: dict[str, tuple[str, str]] = {}  # plugin name -> (source, version)
         self.registry = Registry()
 
-    def load_entry_points(self) -> None:
+    def load(self) -> Registry:
+        built_in = distribution_version()
+        for module in DEFAULT_PLUGINS:  # an ImportError here is a bug in saebench: let it through
+            self.add(importlib.import_module(module), module, BUILT_IN, built_in)
         chosen = os.environ.get("SAEBENCH_LOAD_PLUGINS")
         wanted = None if chosen is None else {n.strip() for n in chosen.split(",") if n.strip()}
         for ep in entry_points(group=GROUP):
             if wanted is not None and ep.name not in wanted:
                 continue
             dist = ep.dist
-            dist_name, version = (dist.metadata["Name"], dist.version) if dist else ("unknown", "")
-            source = "built-in" if dist_name == "saebench" else dist_name
+            source, version = (dist.metadata["Name"], dist.version) if dist else ("unknown", "")
             try:
                 self.add(ep.load(), ep.name, source, version)
             except Exception as exc:  # a broken third-party plugin must not take the others down
-                self.registry.failures.append(PluginFailure(ep.name, source, _one_line(exc)))
+                self.registry.failures.append(PluginFailure(ep.name, source, one_line(exc)))
+        for plugin, name in IN_PROCESS:
+            self.add(plugin, name, "in-process", "")
+        for kind in KINDS.values():
+            for impl in getattr(self.pm.hook, kind.hook).get_hookimpls():  # registration order
+                source, version = self.sources[impl.plugin_name]
+                try:
+                    impl.function(
+                        register=partial(
+                            self.registry.of(kind.name).add, plugin=impl.plugin_name, source=source, version=version
+                        )
+                    )
+                except Exception as exc:
+                    if source == BUILT_IN:
+                        raise
+                    self.registry.failures.append(PluginFailure(impl.plugin_name, source, one_line(exc)))
+        return self.registry
 
     def add(self, plugin: object, name: str, source: str, version: str) -> None:
         if self.pm.has_plugin(name):
@@ -134,69 +209,30 @@ class _Loader:
         self.pm.register(plugin, name=name)
         self.sources[name] = (source, version)
 
-    def collect(self) -> Registry:
-        for kind, (hook_name, _) in KINDS.items():
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():  # registration order
-                try:
-                    impl.function(register=partial(self._register, kind, impl.plugin_name))
-                except Exception as exc:
-                    source = self.sources.get(impl.plugin_name, ("in-process", ""))[0]
-                    self.registry.failures.append(PluginFailure(impl.plugin_name, source, _one_line(exc)))
-        return self.registry
 
-    def _register(self, kind: str, plugin_name: str, obj: Any) -> None:
-        attr = KINDS[kind][1]
-        base = _base_class(kind)
-        if not (isinstance(obj, type) and issubclass(obj, base)):
-            raise PluginError(f"{plugin_name}: registered {obj!r} as a {kind}, but it is not a subclass of {base.__name__}")
-        name = getattr(obj, attr, None)
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"{plugin_name}: {obj.__name__} has no {attr!r} name")
-        if (kind, name) in self.registry.entries:
-            first = self.registry.entries[(kind, name)].plugin
-            raise PluginError(f"{plugin_name}: {kind} {name!r} is already registered by {first}")
-        source, version = self.sources.get(plugin_name, ("in-process", ""))
-        self.registry.entries[(kind, name)] = PluginInfo(kind, name, obj, describe(obj), plugin_name, source, version)
+def distribution_version() -> str:
+    """The installed saebench distribution's version: the built-in plugins' version in cell hashes."""
+    try:
+        return version("saebench")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-_loader: _Loader | None = None
-_extra: list[tuple[object, str]] = []
+_registry: Registry | None = None
 
 
 def get_registry() -> Registry:
     """The process-wide registry, built on first use."""
-    global _loader
-    if _loader is None:
-        loader = _Loader()
-        loader.load_entry_points()
-        for plugin, name in _extra:
-            loader.add(plugin, name, "in-process", "")
-        loader.collect()
-        _loader = loader
-    return _loader.registry
-
-
-def register_plugin(plugin: object, name: str | None = None) -> None:
-    """Register a module or object with hookimpls in this process (notebooks, tests), without packaging it."""
-    _extra.append((plugin, name or getattr(plugin, "__name__", repr(plugin))))
-    reset()
-
-
-def unregister_plugin(name: str) -> None:
-    """Undo :func:`register_plugin` (tests use it to keep a plugin to one test)."""
-    _extra[:] = [(p, n) for p, n in _extra if n != name]
-    reset()
+    global _registry
+    if _registry is None:
+        _registry = _Loader().load()
+    return _registry
 
 
 def reset() -> None:
     """Forget the registry so the next use reloads it (after installing a plugin, or changing the env var)."""
-    global _loader
-    _loader = None
+    global _registry
+    _registry = None
 
 
 def get(kind: str, name: str) -> Any:

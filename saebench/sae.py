@@ -8,21 +8,24 @@ f = activation(h); reconstruction x̂ = (f·W_dec + b_dec) / s.
 Architectures subclass :class:`SAE`, set ``arch`` and implement
 :meth:`activation` (the float64-checkable definition). The fast paths in
 :mod:`saebench.kernel` use three optional hooks an architecture may override
-to fuse its activation into the GEMM: :meth:`_epilogue`, :meth:`_finish_dense`
-and :meth:`_finish_sparse`. Leaving them alone is always correct.
+to fuse its activation into the GEMM: :meth:`fused_epilogue`, :meth:`finish_dense`
+and :meth:`finish_sparse` (the kernel's ``Fusable`` protocol). Leaving them alone
+is always correct.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, ClassVar, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 from torch import Tensor, nn
 
+from saebench import kernel
 from saebench.errors import CheckpointError, ConfigError, ShapeError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -42,7 +45,9 @@ class SAEConfig(BaseModel):
     hook_name: str | None = Field(None, description="hook point the SAE was trained on, if known")
     model_name: str | None = Field(None, description="model the SAE was trained on, if known")
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
-    metadata: dict[str, Any] = Field(default_factory=dict, description="provenance: source format, path, training stats")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="provenance: source format, path, training stats"
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -72,12 +77,17 @@ class SAE(nn.Module):
         "b_enc": ("d_sae",),
         "b_dec": ("d_in",),
     }
-    #: True when latent i is active exactly where the fused GEMM output is > 0 (see _epilogue)
+    # the weights named in weight_shapes, registered as parameters in __init__ (declared for type checkers)
+    W_enc: Tensor
+    W_dec: Tensor
+    b_enc: Tensor
+    b_dec: Tensor
+    #: True when latent i is active exactly where the fused GEMM output is > 0 (see fused_epilogue)
     sparse_from_relu: ClassVar[bool] = False
     #: True when every token keeps exactly ``cfg.k`` latents (TopK); then the kernel runs a per-chunk
     #: top-k. Other uses of ``k`` (BatchTopK's training statistic) leave this False.
     topk_per_token: ClassVar[bool] = False
-    #: True when _epilogue/_finish_dense work on any slice of latents, so the kernel may split
+    #: True when fused_epilogue/finish_dense work on any slice of latents, so the kernel may split
     #: very wide dictionaries into latent blocks. Leave False if activation() needs all latents.
     latent_blocks: ClassVar[bool] = False
 
@@ -91,7 +101,6 @@ class SAE(nn.Module):
         for name, dims in self.weight_shapes.items():
             shape = tuple(getattr(cfg, d) for d in dims)
             self.register_parameter(name, nn.Parameter(torch.zeros(shape, dtype=dtype), requires_grad=False))
-        self._plans: dict[Any, Any] = {}
         #: tokens per chunk for the CPU kernel; None picks one from d_sae
         self.chunk_tokens: int | None = None
 
@@ -100,7 +109,7 @@ class SAE(nn.Module):
         """Reject configs this architecture cannot run (e.g. TopK without k). Raise CheckpointError."""
 
     @classmethod
-    def from_weights(cls, weights: Mapping[str, Any], cfg: SAEConfig, where: str | None = None) -> "SAE":
+    def from_weights(cls, weights: Mapping[str, Any], cfg: SAEConfig, where: str | None = None) -> SAE:
         """Build from a mapping of SAELens-named tensors, checking names, shapes and finiteness."""
         where = where or "weights"
         for name, dims in cls.weight_shapes.items():  # before cls(cfg) allocates d_in x d_sae: a config's absurd
@@ -158,18 +167,18 @@ class SAE(nn.Module):
         return self.activation(self.pre_acts(x))
 
     # -- fusion hooks for the kernel ----------------------------------------------------------
-    def _epilogue(self) -> tuple[Tensor, str]:
+    def fused_epilogue(self) -> tuple[Tensor, str]:
         """(bias added to x'·W_enc, post-op "relu" or "none") for the fused GEMM. Default: h itself."""
         return self.b_enc, "none"
 
-    def _finish_dense(self, g: Tensor, latents: slice) -> Tensor:
+    def finish_dense(self, g: Tensor, latents: slice) -> Tensor:
         """Dense latents from the fused GEMM output g of one tile, columns ``latents`` (may work in place).
 
         ``latents`` is the whole range unless the architecture sets ``latent_blocks``.
         """
         return self.activation(g)
 
-    def _finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor:
+    def finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor:
         """Latent values from g's non-zero entries (only used when ``sparse_from_relu``).
 
         ``values`` and ``latents`` are flat and aligned: entry j is g's value at latent ``latents[j]``
@@ -188,8 +197,6 @@ class SAE(nn.Module):
 
     def encode(self, x: Tensor, *, out: Tensor | None = None, compute_dtype: torch.dtype | None = None) -> Tensor:
         """Dense latents [..., d_sae]. ``out`` (2-D, [tokens, d_sae]) reuses a buffer; ``compute_dtype=torch.bfloat16`` trades accuracy for speed."""
-        from saebench import kernel
-
         x = self._check_input(x)
         if self._needs_grad(x):
             return self.encode_reference(x)
@@ -207,14 +214,17 @@ class SAE(nn.Module):
         value 0 at index 0, which :meth:`decode_sparse` and any sum over values ignore. A latent
         is active where its value is non-zero. Indices are int64, values float32 (the SAE's dtype).
         """
-        from saebench import kernel
-
         x = self._check_input(x)
         if self._needs_grad(x):
             dense = self.encode_reference(x).reshape(-1, self.cfg.d_sae)
-            values, indices = dense.topk(self.cfg.k, dim=-1) if self.topk_per_token else kernel.pack_nonzero(dense, k_max)
+            if self.topk_per_token and self.cfg.k is not None:
+                values, indices = dense.topk(self.cfg.k, dim=-1)
+            else:
+                values, indices = kernel.pack_nonzero(dense, k_max)
         else:
-            values, indices = kernel.encode_sparse(self, x.reshape(-1, self.cfg.d_in), k_max=k_max, compute_dtype=compute_dtype)
+            values, indices = kernel.encode_sparse(
+                self, x.reshape(-1, self.cfg.d_in), k_max=k_max, compute_dtype=compute_dtype
+            )
         lead = x.shape[:-1]
         return values.view(*lead, values.shape[-1]), indices.view(*lead, indices.shape[-1])
 
@@ -227,8 +237,6 @@ class SAE(nn.Module):
 
     def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
         """Reconstruction from (values, indices) [..., K] as returned by :meth:`encode_sparse`."""
-        from saebench import kernel
-
         if values.shape != indices.shape:
             raise ShapeError(f"values {list(values.shape)} and indices {list(indices.shape)} differ in shape")
         lead = values.shape[:-1]

@@ -8,7 +8,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$VENV"
 fi
 stamp="$VENV/.saebench-installed"
-want="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/registry.yaml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16) [$EXTRAS]"
+want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16) [$EXTRAS]"
 if ! grep -qxF -- "$want" "$stamp" 2>/dev/null; then
   echo "saebench: installing pinned packages into $VENV (first run takes about a minute)" >&2
   pip_install() {

@@ -2,6 +2,13 @@ import pytest
 import torch
 
 
+def pytest_collection_modifyitems(config, items):
+    """Everything in tests/integration is slow: ``-m "not slow"`` runs tests/unit and tests/plugins."""
+    for item in items:
+        if item.path.parent.name == "integration":
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(0)
@@ -31,7 +38,7 @@ def write_corpus(folder, n_docs=40, words_per_doc=120, seed=0):
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     """A 2-layer Llama (d_model 32) with a byte-level tokenizer, saved like any Hugging Face model folder."""
-    from saebench.plugins.adapters.hf_causal_lm import make_tiny_model
+    from saebench.testing.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), n_layers=2, d_model=32)
 

@@ -2,16 +2,16 @@
 
 ``ScriptedLLM(answer)`` calls ``answer(request) -> str | LLMResponse`` for each request (raise an
 LLMError from it to simulate a failure). ``requests`` records what was asked, in order. Register
-it like any third-party client with ``plugin_manager.register_plugin(ScriptedPlugin)`` when a
+it like any third-party client with ``saebench.testing.register_plugin(ScriptedPlugin)`` when a
 matrix must name it (``client: scripted``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from saebench import hookimpl
-from saebench.llm import LLMClient, LLMRequest, LLMResponse
+from saebench.interp.llm import LLMClient, LLMRequest, LLMResponse
 
 
 class ScriptedLLM(LLMClient):
@@ -19,7 +19,7 @@ class ScriptedLLM(LLMClient):
 
     name = "scripted"
 
-    def __init__(self, answer: Callable[[LLMRequest], "str | LLMResponse"] | None = None,
+    def __init__(self, answer: Callable[[LLMRequest], str | LLMResponse] | None = None,
                  continuation: Callable[[str, str], list[float]] | None = None, **options):
         options.setdefault("model", "scripted")
         options.setdefault("backoff_s", 0.0)

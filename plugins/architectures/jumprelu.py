@@ -68,21 +68,23 @@ class JumpReLUSAE(saebench.SAE):
 
     # h > θ  <=>  ReLU(x'·W_enc + (b_enc - θ)) > 0, so the GEMM's fused ReLU finds the active latents,
     # and adding θ back to the survivors gives h (within one rounding of θ).
-    def _epilogue(self) -> tuple[Tensor, str]:
+    def fused_epilogue(self) -> tuple[Tensor, str]:
         return self.b_enc - self.threshold, "relu"
 
-    def _finish_dense(self, g: Tensor, latents: slice) -> Tensor:
+    def finish_dense(self, g: Tensor, latents: slice) -> Tensor:
         return g.addcmul_(self.threshold[latents].to(g.dtype), g.sign())
 
-    def _finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor:
+    def finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor:
         return values + self.threshold.to(values.dtype)[latents]
 
-    def training_forward(self, x: Tensor, state: "TrainState") -> "TrainingOutput":
+    def training_forward(self, x: Tensor, state: TrainState) -> TrainingOutput:
         """MSE + l0·Σ_i H(h_i − θ_i), θ = exp(log θ) learned through the straight-through estimators."""
         from saebench.training import TrainingOutput, mse
 
         cfg = state.cfg
-        log_theta = state.parameter("log_threshold", lambda: torch.full_like(self.b_enc, math.log(cfg.initial_threshold)))
+        log_theta = state.parameter(
+            "log_threshold", lambda: torch.full_like(self.b_enc, math.log(cfg.initial_threshold))
+        )
         theta = log_theta.exp()
         with torch.no_grad():
             self.threshold.copy_(theta)

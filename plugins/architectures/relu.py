@@ -22,13 +22,13 @@ class ReLUSAE(saebench.SAE):
     def activation(self, h: Tensor) -> Tensor:
         return h.relu()
 
-    def _epilogue(self) -> tuple[Tensor, str]:
+    def fused_epilogue(self) -> tuple[Tensor, str]:
         return self.b_enc, "relu"
 
-    def _finish_dense(self, g: Tensor, latents: slice) -> Tensor:
+    def finish_dense(self, g: Tensor, latents: slice) -> Tensor:
         return g  # oneDNN already applied the ReLU
 
-    def training_forward(self, x: Tensor, state: "TrainState") -> "TrainingOutput":
+    def training_forward(self, x: Tensor, state: TrainState) -> TrainingOutput:
         """MSE + l1·Σ f_i (decoder rows are unit-norm, so this is also the decoder-norm-weighted L1)."""
         from saebench.training import TrainingOutput, mse
 

@@ -45,7 +45,7 @@ class TopKSAE(saebench.SAE):
         values, indices = h.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(h).scatter(-1, indices, values.relu())
 
-    def training_forward(self, x: Tensor, state: "TrainState") -> "TrainingOutput":
+    def training_forward(self, x: Tensor, state: TrainState) -> TrainingOutput:
         """MSE + aux_coefficient·AuxK. Sparse throughout: the kernel's GEMM picks the latents (no grad),
         :class:`~saebench.training.GatherPreacts` gives their values gradients, and decoding is an embedding_bag."""
         from saebench.training import GatherPreacts, TrainingOutput, mse
@@ -70,7 +70,9 @@ class TopKSAE(saebench.SAE):
         fired[indices[active]] = True
         return TrainingOutput(x_hat, losses, l0=active.sum(-1).float().mean(), fired=fired)
 
-    def _select(self, x: Tensor, dead: Tensor | None, aux_k: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    def _select(
+        self, x: Tensor, dead: Tensor | None, aux_k: int
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Pre-activations and indices of each token's top k latents and, if ``dead`` is given, of its
         top ``aux_k`` dead latents: one pass of the kernel's chunked GEMM, no dense [tokens, d_sae] tensor."""
         from saebench import kernel

@@ -12,14 +12,30 @@ from __future__ import annotations
 import ast
 import os
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+from pydantic import Field
 
 import saebench
 
 MIXES = ("all", "prose", "code")
-EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "tkinter", "turtledemo",
-                 "__pycache__", "encodings", "ensurepip", "lib-dynload", "__phello__", "pydoc_data"}
+EXCLUDED_DIRS = {
+    "site-packages",
+    "dist-packages",
+    "test",
+    "tests",
+    "idlelib",
+    "lib2to3",
+    "tkinter",
+    "turtledemo",
+    "__pycache__",
+    "encodings",
+    "ensurepip",
+    "lib-dynload",
+    "__phello__",
+    "pydoc_data",
+}
 
 
 def stdlib_files() -> list[Path]:
@@ -51,8 +67,11 @@ def _docstrings(source: str) -> str:
     out: list[str] = []
 
     def visit(node: ast.AST) -> None:
-        doc = ast.get_docstring(node, clean=True) if isinstance(
-            node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) else None
+        doc = (
+            ast.get_docstring(node, clean=True)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            else None
+        )
         if doc:
             out.append(doc)
         for child in getattr(node, "body", []):
@@ -106,18 +125,20 @@ class PythonStdlibSource(saebench.DataSource):
 
     name = "python-stdlib"
 
-    def __init__(self, mix: str = "all", **unknown: object) -> None:
-        if unknown:
-            raise saebench.ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for data source "
-                                       f"{self.name!r}; options: mix", where=f"data.{sorted(unknown)[0]}")
-        if mix not in MIXES:
-            raise saebench.ConfigError(f"mix must be one of {', '.join(MIXES)}, got {mix!r}", where="data.mix")
-        self.mix = mix
+    class Options(saebench.Options):
+        mix: str = Field("all", description="all (prose and code interleaved), prose or code")
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        if self.options.mix not in MIXES:
+            raise saebench.ConfigError(
+                f"mix must be one of {', '.join(MIXES)}, got {self.options.mix!r}", where="data.mix"
+            )
 
     def documents(self) -> Iterator[str]:
-        if self.mix == "prose":
+        if self.options.mix == "prose":
             return prose_documents()
-        if self.mix == "code":
+        if self.options.mix == "code":
             return code_documents()
         return interleave(prose_documents(), code_documents())
 

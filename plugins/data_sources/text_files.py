@@ -10,41 +10,55 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
+
+from pydantic import Field, field_validator
 
 import saebench
 
 
 class TextFilesSource(saebench.DataSource):
-    """Plain-text and JSONL files matched by a list of globs (JSONL reads a text field).
-
-    Options: ``paths`` (list of globs, required), ``text_field`` (the JSONL key, "text").
-    """
+    """Plain-text and JSONL files matched by a list of globs (JSONL reads a text field)."""
 
     name = "text-files"
 
-    def __init__(self, paths: list[str] | str | None = None, text_field: str = "text", **unknown: object) -> None:
-        if unknown:
-            raise saebench.ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for data source "
-                                       f"{self.name!r}; options: paths, text_field", where=f"data.{sorted(unknown)[0]}")
+    class Options(saebench.Options):
+        paths: list[str] | str | None = Field(None, description="a glob or a list of globs (required)")
+        text_field: str = Field("text", description="the key of a JSONL line's text")
+
+        @field_validator("paths", mode="before")
+        @classmethod
+        def _globs(cls, value: Any) -> Any:
+            if isinstance(value, tuple):  # a tuple of globs reads as a list, as it always has
+                value = list(value)
+            globs = isinstance(value, list) and value and all(isinstance(p, str) for p in value)
+            if not (value is None or isinstance(value, str) or globs):
+                raise ValueError("must be a non-empty list of globs")
+            return value
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        paths = self.options.paths
         if paths is None:
-            raise saebench.ConfigError(f"data source {self.name!r} needs the option 'paths' (a list of globs)",
-                                       where="data.paths")
+            raise saebench.ConfigError(
+                f"data source {self.name!r} needs the option 'paths' (a list of globs)", where="data.paths"
+            )
         if isinstance(paths, str):
             paths = [paths]
-        if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, str) for p in paths):
-            raise saebench.ConfigError(f"'paths' must be a non-empty list of globs, got {paths!r}", where="data.paths")
-        if not isinstance(text_field, str) or not text_field:
-            raise saebench.ConfigError(f"'text_field' must be a string, got {text_field!r}", where="data.text_field")
-        self.text_field = text_field
+        if not self.options.text_field:
+            raise saebench.ConfigError(
+                f"'text_field' must be a string, got {self.options.text_field!r}", where="data.text_field"
+            )
         self.files: list[Path] = []
         seen: set[str] = set()
         for pattern in paths:
             matches = sorted(m for m in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(m))
             if not matches:
-                raise saebench.ConfigError(f"glob {pattern!r} matches no file (relative to {os.getcwd()})",
-                                           where="data.paths")
+                raise saebench.ConfigError(
+                    f"glob {pattern!r} matches no file (relative to {os.getcwd()})", where="data.paths"
+                )
             for m in matches:
                 key = os.path.realpath(m)
                 if key not in seen:
@@ -75,9 +89,9 @@ class TextFilesSource(saebench.DataSource):
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise saebench.ConfigError(f"line {lineno} is not valid JSON ({exc.msg})", where=path) from exc
-            text = row.get(self.text_field) if isinstance(row, dict) else None
+            text = row.get(self.options.text_field) if isinstance(row, dict) else None
             if not isinstance(text, str):
-                raise saebench.ConfigError(f"line {lineno} has no string field {self.text_field!r}", where=path)
+                raise saebench.ConfigError(f"line {lineno} has no string field {self.options.text_field!r}", where=path)
             yield text
 
 

@@ -2,7 +2,7 @@
 
 Prompt (chat): a system message stating the task and the answer format, three short worked
 examples (user excerpts / assistant answer), then the latent's excerpts, numbered, one per line,
-its strongest tokens marked ``<<like this>>`` (``saebench.prompts.highlight``) and, with
+its strongest tokens marked ``<<like this>>`` (``saebench.interp.prompts.highlight``) and, with
 ``show_activations``, a second line per excerpt giving each marked token's activation 0-10 of the
 latent's maximum. Every question ends with the answer format restated (``REPLY``), which a small
 model needs: SmolLM2-135M then writes the marker for nearly every latent, and without the worked
@@ -20,14 +20,14 @@ worked examples (delphi's explainer prompt is about 960 tokens by its own count)
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field
 
 import saebench
 from saebench.errors import ConfigError
-from saebench.interfaces import Explainer, Explanation, LatentRecord
-from saebench.llm import LLMRequest
-from saebench.metrics import Option
-from saebench.prompts import EXPLANATION_MARKER, Usage, chat, highlight, numbered, parse_explanation, spread
+from saebench.interfaces import Explainer
+from saebench.interp.llm import LLMRequest
+from saebench.interp.prompts import EXPLANATION_MARKER, chat, highlight, numbered, parse_explanation, spread
+from saebench.interp.types import Explanation, LatentRecord, Usage
 
 # Restated at the end of every question: a small model answers the last thing it read, and without
 # it SmolLM2-135M rarely writes the marker. No "<phrase>" placeholder: it copies that as an answer.
@@ -45,22 +45,21 @@ VALUES_NOTE = ", and each excerpt's activations line gives the marked tokens' st
 #: excerpts' tokens: a verbatim copy describes the example, not the latent, and ``copied`` rejects it
 #: (the answer of a generic example, e.g. "dunder names in Python", was copied onto every latent).
 SHOTS = (
-    (("the dog <<ran>> home fast", "she <<jumped>> over the fence", "they <<swam>> across the lake"),
-     ("ran=10", "jumped=8", "swam=6"),
-     'the words "ran", "jumped", "swam": past-tense verbs of movement'),
-    (("we flew to <<Paris>> in May", "the <<London>> office", "born in <<Tokyo>>, Japan"),
-     ("Paris=10", "London=6", "Tokyo=9"),
-     'the words "Paris", "London", "Tokyo": city names'),
-    (("y = f<<(>>x)", "print<<(>>'hi')", "n = len<<(>>items)"),
-     ("(=10", "(=9", "(=7"),
-     'the token "(" right after a function name, as in "f(", "print(", "len("'),
-)
-
-OPTIONS = (
-    Option("n_examples", int, 20, minimum=1, help="training examples shown (spread over activation strength)"),
-    Option("show_activations", bool, False, help="also list each marked token's activation 0-10"),
-    Option("max_tokens", int, 256, minimum=1, help="longest answer"),
-    Option("temperature", float, 0.0, minimum=0.0),
+    (
+        ("the dog <<ran>> home fast", "she <<jumped>> over the fence", "they <<swam>> across the lake"),
+        ("ran=10", "jumped=8", "swam=6"),
+        'the words "ran", "jumped", "swam": past-tense verbs of movement',
+    ),
+    (
+        ("we flew to <<Paris>> in May", "the <<London>> office", "born in <<Tokyo>>, Japan"),
+        ("Paris=10", "London=6", "Tokyo=9"),
+        'the words "Paris", "London", "Tokyo": city names',
+    ),
+    (
+        ("y = f<<(>>x)", "print<<(>>'hi')", "n = len<<(>>items)"),
+        ("(=10", "(=9", "(=7"),
+        'the token "(" right after a function name, as in "f(", "print(", "len("',
+    ),
 )
 
 
@@ -75,8 +74,13 @@ def lines_with_values(texts, values, show_activations: bool) -> list[str]:
 
 def worked_examples(show_activations: bool) -> list[tuple[str, str]]:
     """The few-shot (question, answer) pairs, in the same format as the real question."""
-    return [(f"Excerpts:\n{numbered(lines_with_values(texts, values, show_activations))}\n\n{REPLY}",
-             f"{EXPLANATION_MARKER} {answer}") for texts, values, answer in SHOTS]
+    return [
+        (
+            f"Excerpts:\n{numbered(lines_with_values(texts, values, show_activations))}\n\n{REPLY}",
+            f"{EXPLANATION_MARKER} {answer}",
+        )
+        for texts, values, answer in SHOTS
+    ]
 
 
 def copied(text: str, messages: tuple[dict[str, str], ...]) -> bool:
@@ -91,19 +95,26 @@ class LLMExplainer(Explainer):
     """Few-shot explanation from activating examples with marked tokens, parsed after a fixed marker."""
 
     name = "llm"
-    OPTIONS = OPTIONS
+
+    class Options(saebench.Options):
+        n_examples: int = Field(20, ge=1, description="training examples shown (spread over activation strength)")
+        show_activations: bool = Field(False, description="also list each marked token's activation 0-10")
+        max_tokens: int = Field(256, ge=1, description="longest answer")
+        temperature: float = Field(0.0, ge=0.0, description="sampling temperature of the explanation (0: greedy)")
 
     def messages(self, record: LatentRecord) -> tuple[dict[str, str], ...]:
-        scale = record.max_activation if self.show_activations else None
-        shown = spread(record.train, self.n_examples)
+        show = self.options.show_activations
+        scale = record.max_activation if show else None
+        shown = spread(record.train, self.options.n_examples)
         user = f"Excerpts:\n{numbered(example_lines(shown, scale))}\n\n{REPLY}"
-        system = SYSTEM.format(values=VALUES_NOTE if self.show_activations else "")
-        return chat(system, user, worked_examples(self.show_activations))
+        system = SYSTEM.format(values=VALUES_NOTE if show else "")
+        return chat(system, user, worked_examples(show))
 
     async def explain(self, record: LatentRecord) -> Explanation:
         if not record.train:
-            return Explanation(latent=record.latent, explainer=self.name, text=None,
-                               failure="no activating training examples")
+            return Explanation(
+                latent=record.latent, explainer=self.name, text=None, failure="no activating training examples"
+            )
         return await self.ask(record, self.messages(record))
 
     async def ask(self, record: LatentRecord, messages: tuple[dict[str, str], ...]) -> Explanation:
@@ -111,16 +122,20 @@ class LLMExplainer(Explainer):
         if self.llm is None:
             raise ConfigError("no LLM client is configured for this explainer", f"explainer {self.name}")
         usage = Usage()
-        request = LLMRequest(messages=messages, max_tokens=self.max_tokens, temperature=self.temperature)
+        request = LLMRequest(
+            messages=messages, max_tokens=self.options.max_tokens, temperature=self.options.temperature
+        )
         response = usage.add(await self.llm.complete(request))
         text = parse_explanation(response.text)
-        failure: dict[str, Any] = {}
+        failure = None
         if text is None:
-            failure = {"failure": f"unparsable answer: {response.text[:80]!r}", "parse_failures": 1}
+            failure = f"unparsable answer: {response.text[:80]!r}"
         elif copied(text, messages):
-            failure = {"failure": f"answer copies a worked example: {text[:80]!r}", "parse_failures": 1}
+            failure = f"answer copies a worked example: {text[:80]!r}"
             text = None
-        return Explanation(latent=record.latent, explainer=self.name, text=text, **failure, **usage.fields())
+        if failure is not None:
+            usage.parse_failures += 1
+        return Explanation(latent=record.latent, explainer=self.name, text=text, failure=failure, **usage.usage())
 
 
 @saebench.hookimpl

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from pydantic import Field
+
 import saebench
-from saebench.interfaces import Explainer, Explanation, LatentRecord
-from saebench.metrics import Option
+from saebench.interfaces import Explainer
+from saebench.interp.types import Explanation, LatentRecord
 
 
 def top_tokens(record: LatentRecord, n: int) -> list[str]:
@@ -33,13 +35,20 @@ class TopTokensExplainer(Explainer):
 
     name = "top-tokens"
     needs_llm = False
-    OPTIONS = (Option("n_tokens", int, 5, minimum=1, help="tokens listed"),)
+
+    class Options(saebench.Options):
+        n_tokens: int = Field(5, ge=1, description="tokens listed")
 
     async def explain(self, record: LatentRecord) -> Explanation:
-        tokens = top_tokens(record, self.n_tokens)
+        tokens = top_tokens(record, self.options.n_tokens)
         if not tokens:
-            return Explanation(latent=record.latent, explainer=self.name, text=None,
-                               failure="no activating tokens in the training examples", cost_usd=0.0)
+            return Explanation(
+                latent=record.latent,
+                explainer=self.name,
+                text=None,
+                failure="no activating tokens in the training examples",
+                cost_usd=0.0,
+            )
         text = "tokens: " + ", ".join(json.dumps(t, ensure_ascii=False) for t in tokens)
         return Explanation(latent=record.latent, explainer=self.name, text=text, cost_usd=0.0)
 

@@ -8,42 +8,50 @@ and, since its 2026-10-21 version, takes no sampling parameters: a request's ``t
 
 from __future__ import annotations
 
+from pydantic import Field
+
 import saebench
-from saebench.llm import LLMClient, LLMError, LLMRequest, LLMResponse, api_key, sdk_call
-from saebench.metrics import Option
+from saebench.interp.llm import LLMClient, LLMError, LLMOptions, LLMRequest, LLMResponse
+from saebench.interp.sdk import api_key, sdk_call
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 
 
 class AnthropicClient(LLMClient):
-    """Anthropic's Messages API (or any endpoint speaking it).
-
-    Options: ``base_url`` (default Anthropic's), ``api_key_env`` (the environment variable holding
-    the key; default ANTHROPIC_API_KEY).
-    """
+    """Anthropic's Messages API (or any endpoint speaking it)."""
 
     name = "anthropic"
-    OPTIONS = (
-        Option("base_url", str, None, optional=True),
-        Option("api_key_env", str, None, optional=True, help="environment variable holding the API key"),
-    )
+
+    class Options(LLMOptions):
+        model: str = Field(description="model name at the endpoint (required)")
+        base_url: str | None = Field(None, description=f"the Messages API's address (default {DEFAULT_BASE_URL})")
+        api_key_env: str | None = Field(
+            None, description="environment variable holding the API key (default ANTHROPIC_API_KEY)"
+        )
 
     def __init__(self, **options):
         super().__init__(**options)
         self._key()  # a missing key is a configuration error, found when the matrix is checked
 
     def _key(self) -> str:
-        return api_key(self.name, self.api_key_env, "ANTHROPIC_API_KEY")
+        return api_key(self.name, self.options.api_key_env, "ANTHROPIC_API_KEY")
 
     def _endpoint(self) -> dict:
-        return {"base_url": self.base_url or DEFAULT_BASE_URL}
+        return {"base_url": self.options.base_url or DEFAULT_BASE_URL}
 
     def _sdk(self):
         import anthropic
 
         # base_url explicit: the SDK would otherwise read ANTHROPIC_BASE_URL, which the identity would not show
-        return self.loop_local("sdk", lambda: anthropic.AsyncAnthropic(
-            api_key=self._key(), base_url=self.base_url or DEFAULT_BASE_URL, max_retries=0, timeout=self.timeout_s))
+        return self.loop_local(
+            "sdk",
+            lambda: anthropic.AsyncAnthropic(
+                api_key=self._key(),
+                base_url=self.options.base_url or DEFAULT_BASE_URL,
+                max_retries=0,
+                timeout=self.options.timeout_s,
+            ),
+        )
 
     async def _send(self, request: LLMRequest) -> LLMResponse:
         import anthropic
@@ -55,20 +63,26 @@ class AnthropicClient(LLMClient):
                 raise LLMError("the request has no user message", self._where)
             messages = [{"role": "user", "content": request.prompt}]
         # No temperature: the API version SDK 2.x speaks (2026-10-21) rejects sampling parameters with a 400.
-        kwargs = {"model": self.model, "max_tokens": request.max_tokens, "messages": messages}
+        kwargs = {"model": self.options.model, "max_tokens": request.max_tokens, "messages": messages}
         if system:
             kwargs["system"] = system
         if request.stop:
             kwargs["stop_sequences"] = list(request.stop)
-        out = await sdk_call(anthropic, self._sdk().messages.create(**kwargs), self.timeout_s)
+        out = await sdk_call(anthropic, self._sdk().messages.create(**kwargs), self.options.timeout_s)
         content = getattr(out, "content", None)
         if content is None:
             raise LLMError("the response has no content", transient=True, kind="malformed")
         text = "".join(getattr(block, "text", "") for block in content if getattr(block, "type", None) == "text")
         usage = out.usage
-        finish = {"max_tokens": "length", "end_turn": "stop", "stop_sequence": "stop"}.get(out.stop_reason, out.stop_reason)
-        return LLMResponse(text=text, prompt_tokens=usage.input_tokens or 0, completion_tokens=usage.output_tokens or 0,
-                           finish_reason=finish)
+        finish = {"max_tokens": "length", "end_turn": "stop", "stop_sequence": "stop"}.get(
+            out.stop_reason, out.stop_reason
+        )
+        return LLMResponse(
+            text=text,
+            prompt_tokens=usage.input_tokens or 0,
+            completion_tokens=usage.output_tokens or 0,
+            finish_reason=finish,
+        )
 
 
 @saebench.hookimpl

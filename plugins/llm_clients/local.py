@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
 import saebench
-from saebench import embedded
 from saebench.errors import ConfigError
-from saebench.llm import LLMClient, LLMError, LLMRequest, LLMResponse, TokenLogprob
-from saebench.metrics import Option
+from saebench.interp.llm import LLMClient, LLMError, LLMOptions, LLMRequest, LLMResponse, TokenLogprob
+from saebench.models import embedded
 
 
 @dataclass
@@ -37,36 +37,38 @@ class _Queue:
 class LocalClient(LLMClient):
     """A transformers causal LM run in this process (embedded:smollm2-135m-instruct by default).
 
-    Options: ``model`` (``embedded:NAME`` or a local model folder), ``device`` ("cpu"), ``max_batch``
-    (most requests generated together, 8). Messages go through the model's chat template; a request
+    Messages go through the model's chat template; a request
     with only a ``prompt`` is continued as raw text. Greedy at temperature 0, else sampling (no top-k
     or top-p) seeded by the request's ``seed``.
     """
 
     name = "local"
-    OPTIONS = (
-        Option("model", str, "embedded:smollm2-135m-instruct", help="embedded:NAME or a local model folder"),
-        Option("device", str, "cpu"),
-        Option("max_batch", int, 8, minimum=1, help="most concurrent requests generated as one batch"),
-        # twice max_batch, so the next batch is already queued while one generates
-        Option("max_concurrency", int, 16, minimum=1),
-        # a batch of long generations on a CPU takes minutes; the time queued counts too
-        Option("timeout_s", float, 600.0, minimum=0.001),
-    )
     supports_continuation_logprobs = True
+
+    class Options(LLMOptions):
+        model: str = Field("embedded:smollm2-135m-instruct", description="embedded:NAME or a local model folder")
+        device: str = Field("cpu", description="torch device the model runs on (cpu, cuda, cuda:1...)")
+        max_batch: int = Field(8, ge=1, description="most concurrent requests generated as one batch")
+        # twice max_batch, so the next batch is already queued while one generates
+        max_concurrency: int = Field(16, ge=1, description="requests in flight at once (queued for the next batch)")
+        # a batch of long generations on a CPU takes minutes; the time queued counts too
+        timeout_s: float = Field(600.0, ge=0.001, description="seconds one attempt may take, time queued included")
 
     def __init__(self, **options):
         super().__init__(**options)
         # bad options are found here, when the runner checks the matrix, not at the first call
-        if self.model.startswith("embedded:"):
-            embedded.check(self.model.removeprefix("embedded:"))
-        elif not (Path(self.model).expanduser() / "config.json").is_file():
-            raise ConfigError("not a model folder (no config.json); use embedded:NAME or a save_pretrained folder",
-                              f"{self._where}: model")
+        model, device = self.options.model, self.options.device
+        if model.startswith("embedded:"):
+            embedded.check(model.removeprefix("embedded:"))
+        elif not (Path(model).expanduser() / "config.json").is_file():
+            raise ConfigError(
+                "not a model folder (no config.json); use embedded:NAME or a save_pretrained folder",
+                f"{self._where}: model",
+            )
         try:
-            torch.device(self.device)
+            torch.device(device)
         except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"unknown device {self.device!r}", f"{self._where}: device") from exc
+            raise ConfigError(f"unknown device {device!r}", f"{self._where}: device") from exc
         self._weights: str | None = None
         self._loaded = None  # (model, tokenizer), on first use
         self._load_lock = threading.Lock()
@@ -74,10 +76,11 @@ class LocalClient(LLMClient):
 
     def _endpoint(self) -> dict:
         if self._weights is None:  # the weights, not just their name: a re-converted model is a new model
-            if self.model.startswith("embedded:"):
-                self._weights = embedded.embedded_id(self.model.removeprefix("embedded:"))
+            model = self.options.model
+            if model.startswith("embedded:"):
+                self._weights = embedded.embedded_id(model.removeprefix("embedded:"))
             else:
-                self._weights = _folder_digest(Path(self.model).expanduser())
+                self._weights = _folder_digest(Path(model).expanduser())
         return {"weights": self._weights}
 
     # -- requests --------------------------------------------------------------------------------
@@ -119,7 +122,7 @@ class LocalClient(LLMClient):
             return [queue.waiting.pop(0)]
         batch, rest = [], []
         for r, f in queue.waiting:
-            ok = len(batch) < self.max_batch and r.temperature == 0 and r.stop == first.stop
+            ok = len(batch) < self.options.max_batch and r.temperature == 0 and r.stop == first.stop
             (batch if ok else rest).append((r, f))
         queue.waiting = rest
         return batch
@@ -133,14 +136,20 @@ class LocalClient(LLMClient):
             if self._loaded is None:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-                folder = (embedded.resolve(self.model.removeprefix("embedded:")) if self.model.startswith("embedded:")
-                          else Path(self.model).expanduser())
+                name = self.options.model
+                folder = (
+                    embedded.resolve(name.removeprefix("embedded:"))
+                    if name.startswith("embedded:")
+                    else Path(name).expanduser()
+                )
                 try:
                     tokenizer = AutoTokenizer.from_pretrained(folder)
                     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-                    model.to(torch.device(self.device)).eval()
+                    model.to(torch.device(self.options.device)).eval()
                 except (OSError, ValueError, RuntimeError) as exc:
-                    raise ConfigError(f"cannot load the model: {' '.join(str(exc).split())[:300]}", self._where) from exc
+                    raise ConfigError(
+                        f"cannot load the model: {' '.join(str(exc).split())[:300]}", self._where
+                    ) from exc
                 self._loaded = model, tokenizer
             return self._loaded
 
@@ -168,15 +177,22 @@ class LocalClient(LLMClient):
                 out[i] = answer
         return out
 
-    def _generate_batch(self, model, tokenizer, requests: list[LLMRequest], prompts: list[list[int]]) -> list[LLMResponse]:
+    def _generate_batch(
+        self, model, tokenizer, requests: list[LLMRequest], prompts: list[list[int]]
+    ) -> list[LLMResponse]:
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.generation_config.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
         first = requests[0]
-        kwargs = {"max_new_tokens": max(r.max_tokens for r in requests), "pad_token_id": pad, "eos_token_id": eos,
-                  "return_dict_in_generate": True, "output_logits": any(r.top_logprobs for r in requests)}
+        kwargs = {
+            "max_new_tokens": max(r.max_tokens for r in requests),
+            "pad_token_id": pad,
+            "eos_token_id": eos,
+            "return_dict_in_generate": True,
+            "output_logits": any(r.top_logprobs for r in requests),
+        }
         if first.stop:
             kwargs.update(stop_strings=list(first.stop), tokenizer=tokenizer)
         if first.temperature > 0:  # alone in its batch (see _next_batch)
@@ -189,8 +205,10 @@ class LocalClient(LLMClient):
         logits = torch.stack(out.logits, dim=1) if out.logits is not None else None  # [batch, steps, vocab]
         ends = set(eos) if isinstance(eos, (list, tuple)) else {eos}
         ends.add(pad)  # a row stopped by a stop string is padded after it
-        return [self._response(tokenizer, r, len(p), row, logits[i] if logits is not None else None, ends)
-                for i, (r, p, row) in enumerate(zip(requests, prompts, new))]
+        return [
+            self._response(tokenizer, r, len(p), row, logits[i] if logits is not None else None, ends)
+            for i, (r, p, row) in enumerate(zip(requests, prompts, new))
+        ]
 
     @contextlib.contextmanager
     def _seeded(self, request: LLMRequest):
@@ -198,13 +216,15 @@ class LocalClient(LLMClient):
         if request.temperature == 0:
             yield
             return
-        devices = [] if torch.device(self.device).type == "cpu" else [torch.device(self.device)]
+        device = torch.device(self.options.device)
+        devices = [] if device.type == "cpu" else [device]
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(request.seed if request.seed is not None else random.SystemRandom().randrange(2**63))
             yield
 
-    def _response(self, tokenizer, request: LLMRequest, n_prompt: int, row: list[int], logits,
-                  ends: set[int]) -> LLMResponse:
+    def _response(
+        self, tokenizer, request: LLMRequest, n_prompt: int, row: list[int], logits, ends: set[int]
+    ) -> LLMResponse:
         row = row[: request.max_tokens]  # the batch generated as many tokens as its longest request wanted
         n_generated, finish = len(row), "length"
         for j, t in enumerate(row):
@@ -229,8 +249,9 @@ class LocalClient(LLMClient):
                 for v, i in zip(top_v[j].tolist(), top_i[j].tolist()):
                     top.setdefault(tokenizer.decode([i]), v)
                 logprobs.append(TokenLogprob(token=piece, logprob=float(lp[j, t]), top=top))
-        return LLMResponse(text=text, prompt_tokens=n_prompt, completion_tokens=n_generated, logprobs=logprobs,
-                           finish_reason=finish)
+        return LLMResponse(
+            text=text, prompt_tokens=n_prompt, completion_tokens=n_generated, logprobs=logprobs, finish_reason=finish
+        )
 
     def _score(self, prompt: str, continuation: str) -> list[float]:
         model, tokenizer = self._load()
@@ -242,7 +263,9 @@ class LocalClient(LLMClient):
         if not wanted:
             return []
         if wanted[0] == 0:
-            raise LLMError("continuation_logprobs needs a non-empty prompt (the first token has no logprob)", self._where)
+            raise LLMError(
+                "continuation_logprobs needs a non-empty prompt (the first token has no logprob)", self._where
+            )
         with self._model_lock, torch.inference_mode():
             logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0]
             lp = torch.log_softmax(logits.float(), dim=-1)

@@ -47,13 +47,9 @@ class SAELensLoader(saebench.SAELoader):
     name = "saelens"
     priority = 5
 
-    @staticmethod
-    def _folder(path: Path) -> Path:
-        return path.parent if path.is_file() and path.name == WEIGHTS else path
-
     def detect(self, path: Path) -> bool:
         try:
-            folder = self._folder(path)
+            folder = loading.checkpoint_folder(path, WEIGHTS)
             cfg_file = folder / CONFIG
             if not (cfg_file.is_file() and (folder / WEIGHTS).is_file()):
                 return False
@@ -62,7 +58,7 @@ class SAELensLoader(saebench.SAELoader):
             return False
 
     def load(self, path: Path, *, allow_pickle: bool = False) -> saebench.SAE:
-        folder = self._folder(path)
+        folder = loading.checkpoint_folder(path, WEIGHTS)
         if not folder.is_dir():
             raise saebench.CheckpointError(f"expected a SAELens folder with {CONFIG} and {WEIGHTS}", path)
         cfg_file, weights_file = folder / CONFIG, folder / WEIGHTS

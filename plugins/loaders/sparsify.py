@@ -40,10 +40,6 @@ class SparsifyLoader(saebench.SAELoader):
     priority = 5
 
     @staticmethod
-    def _folder(path: Path) -> Path:
-        return path.parent if path.is_file() and path.name == WEIGHTS else path
-
-    @staticmethod
     def _is_coder(folder: Path) -> bool:
         return (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file()
 
@@ -55,7 +51,7 @@ class SparsifyLoader(saebench.SAELoader):
 
     def detect(self, path: Path) -> bool:
         try:
-            folder = self._folder(path)
+            folder = loading.checkpoint_folder(path, WEIGHTS)
             if not folder.is_dir():
                 return False
             return self._is_coder(folder) or (not (folder / CONFIG).exists() and bool(self._hook_points(folder)))
@@ -63,7 +59,7 @@ class SparsifyLoader(saebench.SAELoader):
             return False
 
     def load(self, path: Path, *, allow_pickle: bool = False) -> saebench.SAE:
-        folder = self._folder(path)
+        folder = loading.checkpoint_folder(path, WEIGHTS)
         if not folder.is_dir():
             raise saebench.CheckpointError(f"expected a sparsify folder with {CONFIG} and {WEIGHTS}", path)
         if not (folder / CONFIG).exists() and (hooks := self._hook_points(folder)):

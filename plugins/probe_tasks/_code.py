@@ -13,13 +13,14 @@ import random
 import re
 import sys
 import tokenize
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+
+from pydantic import Field
 
 import saebench
-from saebench.metrics import Option
+from saebench.interfaces import TaskExample
 from saebench.plugins.data_sources.python_stdlib import _read, stdlib_files
-from saebench.probing import TaskExample
 
 Span = tuple[int, int, str]
 
@@ -160,17 +161,17 @@ class StdlibCodeTask(saebench.ProbeTask):
     """
 
     level = "token"
-    OPTIONS = (
-        Option("lines", int, 24, minimum=1, help="lines per text"),
-        Option("max_texts", int, 400, minimum=1, help="texts yielded at most"),
-    )
+
+    class Options(saebench.Options):
+        lines: int = Field(24, ge=1, description="lines per text")
+        max_texts: int = Field(400, ge=1, description="texts yielded at most")
 
     @staticmethod
     def label_spans(source: str) -> list[Span]:
         raise NotImplementedError
 
     def examples(self) -> Iterator[TaskExample]:
-        yield from code_examples(self.label_spans, self.lines, self.max_texts)
+        yield from code_examples(self.label_spans, self.options.lines, self.options.max_texts)
 
     def identity(self):
         return {**super().identity(), "python": python_tag()}

@@ -18,68 +18,66 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from pydantic import Field
 
 import saebench
 from saebench.errors import ConfigError, DataError
-from saebench.metrics import Option
 
 LEVELS = ("sequence", "token")
 FORMATS = (".csv", ".jsonl")
 
 
 class FileTask(saebench.ProbeTask):
-    """Your labelled texts: a CSV (text, label) or JSONL file (label per text, or token-level spans).
-
-    Options: ``path`` (required), ``level`` ("sequence" or "token"), ``taxonomy`` (a JSON file
-    {child: parent}).
-    """
+    """Your labelled texts: a CSV (text, label) or JSONL file (label per text, or token-level spans)."""
 
     name = "file"
-    OPTIONS = (
-        Option("path", str, None, optional=True, help="a .csv or .jsonl file (required)"),
-        Option("level", str, "sequence", help="sequence (one label per text) or token (labelled spans)"),
-        Option("taxonomy", str, None, optional=True, help="a JSON file {child: parent} over the labels"),
-    )
+
+    class Options(saebench.Options):
+        path: str | None = Field(None, description="a .csv or .jsonl file (required)")
+        level: str = Field("sequence", description="sequence (one label per text) or token (labelled spans)")
+        taxonomy: str | None = Field(None, description="a JSON file {child: parent} over the labels")
 
     def __init__(self, **options: Any):
-        super().__init__(**options)  # sets self.path and self.level (on the instance), and self.taxonomy...
-        # ...which would hide the taxonomy() method: keep the option's value under another name
-        self.taxonomy_path = self.options["taxonomy"]
-        del self.taxonomy
+        super().__init__(**options)
         where = f"probe task {self.name}"
-        if not self.path:
+        path, level = self.options.path, self.options.level
+        if not path:
             raise ConfigError("option 'path' is required: a .csv or .jsonl file of labelled texts", where)
-        if self.level not in LEVELS:
-            raise ConfigError(f"option 'level' must be one of {', '.join(LEVELS)}, got {self.level!r}", where)
-        file = Path(self.path).expanduser()
+        if level not in LEVELS:
+            raise ConfigError(f"option 'level' must be one of {', '.join(LEVELS)}, got {level!r}", where)
+        # the ProbeTask attribute build_probe_data reads, set from the option on this instance only
+        self.level = level
+        file = Path(path).expanduser()
         if not file.is_file():
-            raise ConfigError(f"no such file: {self.path}", self.path)
+            raise ConfigError(f"no such file: {path}", path)
         if file.suffix.lower() not in FORMATS:
-            raise ConfigError(f"a probe task file must be {' or '.join(FORMATS)}, got {self.path}", self.path)
-        if self.level == "token" and file.suffix.lower() != ".jsonl":
-            raise ConfigError(f"token-level labels (spans) must come in a .jsonl file, got {self.path}", self.path)
+            raise ConfigError(f"a probe task file must be {' or '.join(FORMATS)}, got {path}", path)
+        if level == "token" and file.suffix.lower() != ".jsonl":
+            raise ConfigError(f"token-level labels (spans) must come in a .jsonl file, got {path}", path)
         self._file = file
-        self._taxonomy = self._read_taxonomy() if self.taxonomy_path else {}
+        self._taxonomy = self._read_taxonomy(self.options.taxonomy) if self.options.taxonomy else {}
 
-    def _read_taxonomy(self) -> dict[str, str]:
-        file = Path(self.taxonomy_path).expanduser()
+    @staticmethod
+    def _read_taxonomy(path: str) -> dict[str, str]:
+        file = Path(path).expanduser()
         if not file.is_file():
-            raise ConfigError(f"no such file (option 'taxonomy'): {self.taxonomy_path}", self.taxonomy_path)
+            raise ConfigError(f"no such file (option 'taxonomy'): {path}", path)
         try:
             tree = json.loads(file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"invalid JSON in {self.taxonomy_path}: {exc}", self.taxonomy_path) from None
+            raise ConfigError(f"invalid JSON in {path}: {exc}", path) from None
         if not isinstance(tree, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tree.items()):
-            raise ConfigError(f"a taxonomy is a JSON object {{child: parent}} of strings; {self.taxonomy_path} is not",
-                              self.taxonomy_path)
+            raise ConfigError(f"a taxonomy is a JSON object {{child: parent}} of strings; {path} is not", path)
         return tree
 
     def examples(self) -> Iterator[saebench.TaskExample]:
         rows = self._read_csv() if self._file.suffix.lower() == ".csv" else self._read_jsonl()
         if not rows:
-            raise DataError("the file holds no labelled texts", self.path)
+            raise DataError("the file holds no labelled texts", self.options.path)
         yield from rows
 
     def _read_csv(self) -> list[saebench.TaskExample]:
@@ -90,14 +88,20 @@ class FileTask(saebench.ProbeTask):
                 columns = reader.fieldnames or []
                 missing = [c for c in ("text", "label") if c not in columns]
                 if missing:
-                    raise DataError(f"no column {' or '.join(map(repr, missing))}; the header has "
-                                    f"{', '.join(map(repr, columns)) or 'nothing'}", f"{self.path}:1")
+                    raise DataError(
+                        f"no column {' or '.join(map(repr, missing))}; the header has "
+                        f"{', '.join(map(repr, columns)) or 'nothing'}",
+                        f"{self.options.path}:1",
+                    )
                 line = reader.line_num + 1
                 for row in reader:
-                    where = f"{self.path}:{line}"
+                    where = f"{self.options.path}:{line}"
                     if None in row:
-                        raise DataError(f"{len(columns) + len(row[None])} fields, the header has {len(columns)} "
-                                        "(a comma in an unquoted text?)", where)
+                        raise DataError(
+                            f"{len(columns) + len(row[None])} fields, the header has {len(columns)} "
+                            "(a comma in an unquoted text?)",
+                            where,
+                        )
                     text, label = row["text"], row["label"]
                     if text is None or label is None:
                         raise DataError(f"fewer fields than the header's {len(columns)}", where)
@@ -106,9 +110,9 @@ class FileTask(saebench.ProbeTask):
                     out.append(saebench.TaskExample(text, label=label))
                     line = reader.line_num + 1
         except UnicodeDecodeError as exc:
-            raise DataError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", self.path) from None
+            raise DataError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", self.options.path) from None
         except csv.Error as exc:
-            raise DataError(f"malformed CSV: {exc}", self.path) from None
+            raise DataError(f"malformed CSV: {exc}", self.options.path) from None
         return out
 
     def _read_jsonl(self) -> list[saebench.TaskExample]:
@@ -116,11 +120,11 @@ class FileTask(saebench.ProbeTask):
         try:
             lines = self._file.read_text(encoding="utf-8").split("\n")
         except UnicodeDecodeError as exc:
-            raise DataError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", self.path) from None
+            raise DataError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", self.options.path) from None
         for n, raw in enumerate(lines, 1):
             if not raw.strip():
                 continue
-            where = f"{self.path}:{n}"
+            where = f"{self.options.path}:{n}"
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as exc:
@@ -129,13 +133,13 @@ class FileTask(saebench.ProbeTask):
                 raise DataError(f"each line must be a JSON object, got {type(obj).__name__}", where)
             text = obj.get("text")
             if not isinstance(text, str):
-                raise DataError("no \"text\" string", where)
-            if self.level == "sequence":
+                raise DataError('no "text" string', where)
+            if self.options.level == "sequence":
                 label = obj.get("label")
                 if isinstance(label, int) and not isinstance(label, bool):
                     label = str(label)
                 if not isinstance(label, str) or not label.strip():
-                    raise DataError("no \"label\" (a non-empty string) for a sequence-level task", where)
+                    raise DataError('no "label" (a non-empty string) for a sequence-level task', where)
                 out.append(saebench.TaskExample(text, label=label))
             else:
                 out.append(saebench.TaskExample(text, spans=_spans(obj.get("spans"), len(text), where)))
@@ -146,18 +150,24 @@ class FileTask(saebench.ProbeTask):
 
     def identity(self) -> dict[str, Any]:
         digest = {"sha256": hashlib.sha256(self._file.read_bytes()).hexdigest()}
-        if self.taxonomy_path:
-            digest["taxonomy_sha256"] = hashlib.sha256(Path(self.taxonomy_path).expanduser().read_bytes()).hexdigest()
+        taxonomy = self.options.taxonomy
+        if taxonomy:
+            digest["taxonomy_sha256"] = hashlib.sha256(Path(taxonomy).expanduser().read_bytes()).hexdigest()
         return {**super().identity(), **digest}
 
 
 def _spans(value: Any, length: int, where: str) -> tuple[tuple[int, int, str], ...]:
     if not isinstance(value, list):
-        raise DataError("no \"spans\" list ([[start, end, label], ...]) for a token-level task", where)
+        raise DataError('no "spans" list ([[start, end, label], ...]) for a token-level task', where)
     spans = []
     for item in value:
-        ok = (isinstance(item, list) and len(item) == 3 and all(type(x) is int for x in item[:2])
-              and isinstance(item[2], str) and item[2].strip())
+        ok = (
+            isinstance(item, list)
+            and len(item) == 3
+            and all(type(x) is int for x in item[:2])
+            and isinstance(item[2], str)
+            and item[2].strip()
+        )
         if not ok:
             raise DataError(f"a span is [start, end, label] (two ints and a non-empty string), got {item!r}", where)
         start, end, label = item

@@ -10,39 +10,30 @@ than "1"); other labels are used as their string form. Rows come in the split's 
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import Field
 
 import saebench
 from saebench.errors import ConfigError, DataError
-from saebench.metrics import Option
-from saebench.plugins.data_sources.hf_datasets import open_dataset
+from saebench.plugins.data_sources.hf_datasets import DatasetOptions, open_dataset
 
 
 class HFDatasetTask(saebench.ProbeTask):
-    """Sequence level: a Hugging Face dataset's text and label columns (ClassLabel names when it has them).
-
-    Options: ``path`` (required), ``name`` (the dataset's config), ``split`` ("train"),
-    ``text_field`` ("text"), ``label_field`` ("label"), ``max_texts`` (10000).
-    """
+    """Sequence level: a Hugging Face dataset's text and label columns (ClassLabel names when it has them)."""
 
     name = "hf_dataset"
     level = "sequence"
-    OPTIONS = (
-        Option("path", str, None, optional=True, help="hub id or local path (required)"),
-        Option("name", str, None, optional=True, help="the dataset's config name"),
-        Option("split", str, "train"),
-        Option("text_field", str, "text"),
-        Option("label_field", str, "label"),
-        Option("max_texts", int, 10000, minimum=1, help="rows read at most"),
-    )
+
+    class Options(DatasetOptions):
+        label_field: str = Field("label", description="the column holding the labels")
+        max_texts: int = Field(10000, ge=1, description="rows read at most")
 
     def __init__(self, **options: Any):
-        # the "name" option would replace the class attribute the registry names this task by
         super().__init__(**options)
-        self.config_name = self.options["name"]
-        del self.name
         where = f"probe task {self.name}"
-        if not self.path:
+        if not self.options.path:
             raise ConfigError("option 'path' is required: a hub id or a local dataset path", where)
         try:
             import datasets  # noqa: F401
@@ -50,23 +41,24 @@ class HFDatasetTask(saebench.ProbeTask):
             raise ConfigError("the datasets package is not installed: pip install saebench[hf]", where) from None
 
     def _open(self):
-        return open_dataset(self.path, self.config_name, self.split)
+        return open_dataset(self.options.path, self.options.name, self.options.split)
 
     def examples(self) -> Iterator[saebench.TaskExample]:
         import datasets
 
+        path, text_field, label_field = self.options.path, self.options.text_field, self.options.label_field
         ds = self._open()
-        for field in (self.text_field, self.label_field):
+        for field in (text_field, label_field):
             if field not in ds.column_names:
-                raise ConfigError(f"no column {field!r}; columns: {', '.join(ds.column_names)}", self.path)
-        feature = ds.features[self.label_field]
+                raise ConfigError(f"no column {field!r}; columns: {', '.join(ds.column_names)}", path)
+        feature = ds.features[label_field]
         names = feature.names if isinstance(feature, datasets.ClassLabel) else None
-        ds = ds.select(range(min(self.max_texts, len(ds))))
+        ds = ds.select(range(min(self.options.max_texts, len(ds))))
         row = 0
-        for batch in ds.select_columns([self.text_field, self.label_field]).iter(batch_size=1000):
-            for text, label in zip(batch[self.text_field], batch[self.label_field]):
+        for batch in ds.select_columns([text_field, label_field]).iter(batch_size=1000):
+            for text, label in zip(batch[text_field], batch[label_field]):
                 if not isinstance(text, str):
-                    raise DataError(f"row {row}: {self.text_field!r} is {type(text).__name__}, not text", self.path)
+                    raise DataError(f"row {row}: {text_field!r} is {type(text).__name__}, not text", path)
                 if label is None or (names is not None and label < 0):  # ClassLabel marks "no label" as -1
                     row += 1
                     continue

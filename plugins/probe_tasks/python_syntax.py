@@ -16,10 +16,11 @@ import ast
 import re
 import tokenize
 from collections import Counter, deque
-from typing import Iterator
+from collections.abc import Iterator
+
+from pydantic import Field
 
 import saebench
-from saebench.metrics import Option
 from saebench.plugins.probe_tasks import _code
 
 Span = tuple[int, int, str]
@@ -64,7 +65,9 @@ def label_spans(source: str) -> list[Span]:
     return _code.runs(source, paint, names)
 
 
-def _unpaint_comments(source: str, paint: bytearray, string_ids: set[int], multiline_strings: list[tuple[int, int]]) -> None:
+def _unpaint_comments(
+    source: str, paint: bytearray, string_ids: set[int], multiline_strings: list[tuple[int, int]]
+) -> None:
     """Clear the comments, which lie inside their enclosing block's range but are no part of a node.
 
     Outside string literals a "#" always starts a comment (to the end of the line), and a literal is
@@ -102,10 +105,9 @@ class PythonSyntaxTask(_code.StdlibCodeTask):
 
     name = "python_syntax"
     label_spans = staticmethod(label_spans)
-    OPTIONS = (
-        *_code.StdlibCodeTask.OPTIONS,
-        Option("top_classes", int, 12, minimum=2, help="node types kept as labels, the most frequent first"),
-    )
+
+    class Options(_code.StdlibCodeTask.Options):
+        top_classes: int = Field(12, ge=2, description="node types kept as labels, the most frequent first")
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -120,7 +122,8 @@ class PythonSyntaxTask(_code.StdlibCodeTask):
                 for s, e, label in ex.spans:
                     chars[label] += e - s
             # ties broken by name, so the label set is a function of the options alone
-            self._classes = [n for n, _ in sorted(chars.items(), key=lambda kv: (-kv[1], kv[0]))][: self.top_classes]
+            ranked = sorted(chars.items(), key=lambda kv: (-kv[1], kv[0]))
+            self._classes = [n for n, _ in ranked][: self.options.top_classes]
             keep = set(self._classes)
             self._examples = []
             for ex in texts:

@@ -24,7 +24,13 @@ _KEYWORDS = frozenset(keyword.kwlist)
 # after an interactive session printed something), plus what site.py adds, so that ``python -S``
 # labels the same.
 _BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_")) | {
-    "copyright", "credits", "exit", "help", "license", "quit"}
+    "copyright",
+    "credits",
+    "exit",
+    "help",
+    "license",
+    "quit",
+}
 
 
 def token_class(tok_type: int, string: str) -> str | None:

@@ -16,12 +16,13 @@ turn), so any prefix of ``examples()`` is balanced.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+
+from pydantic import Field
 
 import saebench
 from saebench.errors import ConfigError
-from saebench.metrics import Option
 from saebench.plugins.data_sources.python_stdlib import _docstrings, _read
 from saebench.plugins.probe_tasks import _code
 
@@ -123,41 +124,42 @@ def pick(documents: Iterator[str], n: int, chars: int) -> list[str]:
 
 
 class TextSourceTask(saebench.ProbeTask):
-    """Sequence level: whether a passage is prose (pydoc help pages), Python code, or a docstring.
-
-    Options: ``sources`` (the classes; "python-docs" needs Debian's python3.11-doc), ``per_class``
-    passages of about ``chars`` characters each.
-    """
+    """Sequence level: whether a passage is prose (pydoc help pages), Python code, or a docstring."""
 
     name = "text_source"
     level = "sequence"
-    OPTIONS = (
-        Option("sources", list, list(DEFAULT_SOURCES), help="classes: prose, code, docstring, python-docs"),
-        Option("per_class", int, 150, minimum=1, help="passages per class"),
-        Option("chars", int, 600, minimum=40, help="characters per passage, about"),
-    )
+
+    class Options(saebench.Options):
+        sources: list[str] = Field(
+            default_factory=lambda: list(DEFAULT_SOURCES),
+            description="classes: prose, code, docstring, python-docs (needs Debian's python3.11-doc)",
+        )
+        per_class: int = Field(150, ge=1, description="passages per class")
+        chars: int = Field(600, ge=40, description="characters per passage, about")
 
     def __init__(self, **options):
         super().__init__(**options)
         where = f"probe task {self.name}"
-        self.sources = list(self.sources)
-        for s in self.sources:
+        sources = self.options.sources
+        for s in sources:
             if s not in SOURCES:
                 raise ConfigError(f"unknown source {s!r} in option 'sources'; sources: {', '.join(SOURCES)}", where)
-        if len(set(self.sources)) != len(self.sources):
-            raise ConfigError(f"option 'sources' names a source twice: {self.sources}", where)
-        if len(self.sources) < 2:
-            raise ConfigError(f"option 'sources' needs at least two sources (classes), got {self.sources}", where)
-        for s in self.sources:
+        if len(set(sources)) != len(sources):
+            raise ConfigError(f"option 'sources' names a source twice: {sources}", where)
+        if len(sources) < 2:
+            raise ConfigError(f"option 'sources' needs at least two sources (classes), got {sources}", where)
+        for s in sources:
             path = required_path(s)
             if path is not None and not path.is_dir():
-                raise ConfigError(f"source {s!r} reads {path}, which is not installed "
-                                  f"(Debian: apt-get install python3.11-doc)", where)
+                raise ConfigError(
+                    f"source {s!r} reads {path}, which is not installed (Debian: apt-get install python3.11-doc)", where
+                )
 
     def examples(self) -> Iterator[saebench.TaskExample]:
-        chosen = {s: pick(SOURCES[s](), self.per_class, self.chars) for s in self.sources}
+        sources = self.options.sources
+        chosen = {s: pick(SOURCES[s](), self.options.per_class, self.options.chars) for s in sources}
         for i in range(max(len(v) for v in chosen.values())):
-            for s in self.sources:
+            for s in sources:
                 if i < len(chosen[s]):
                     yield saebench.TaskExample(chosen[s][i], label=s)
 

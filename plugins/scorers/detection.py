@@ -32,12 +32,24 @@ import asyncio
 import random
 from dataclasses import asdict, dataclass
 
+from pydantic import Field
+
 import saebench
-from saebench.interfaces import Explanation, InterpContext, InterpScorer, LatentRecord, LatentScore
-from saebench.llm import LLMRequest
-from saebench.metrics import Option, binary_metrics, ratio, roc_auc
-from saebench.prompts import (Usage, chat, find_int_list, numbered, parse_binary_list, parse_yes_no, prob_one,
-                              prob_yes, render, spread)
+from saebench.interfaces import InterpContext, InterpScorer, Metric
+from saebench.interp.llm import LLMRequest
+from saebench.interp.prompts import (
+    chat,
+    find_int_list,
+    numbered,
+    parse_binary_list,
+    parse_yes_no,
+    prob_one,
+    prob_yes,
+    render,
+    spread,
+)
+from saebench.interp.types import Explanation, LatentRecord, LatentScore, Usage
+from saebench.metrics import binary_metrics, ratio, roc_auc
 
 TOP_LOGPROBS = 5
 #: the most tokens asked for a Yes/No answer: only its first word is read
@@ -73,68 +85,86 @@ class DetectionScorer(InterpScorer):
     SYSTEM = SYSTEM
     SYSTEM_ONE = SYSTEM_ONE
     QUESTION_ONE = QUESTION_ONE
-    OPTIONS = (
-        Option("n_activating", int, 50, minimum=0, optional=True, help="activating test examples (None: all)"),
-        Option("n_negatives", int, 50, minimum=0, optional=True, help="non-activating test examples (None: all)"),
-        Option("examples_per_prompt", int, 5, minimum=1,
-               help="excerpts per prompt; 1 asks a Yes/No question, which small models follow"),
-        Option("logprobs", bool, False, help="ask for top logprobs and report auc from P('1') or P(Yes)"),
-        Option("max_tokens", int, 64, minimum=1,
-               help=f"longest answer per prompt (at most {YES_NO_TOKENS} for a Yes/No answer)"),
-    )
+    headline = (Metric("balanced_accuracy"), Metric("auc"))
+
+    class Options(saebench.Options):
+        # the fuzzing scorer's Options subclass this one, with its own defaults for the first two
+        n_activating: int | None = Field(50, ge=0, description="activating test examples (None: all)")
+        n_negatives: int | None = Field(50, ge=0, description="non-activating test examples (None: all)")
+        examples_per_prompt: int = Field(
+            5, ge=1, description="excerpts per prompt; 1 asks a Yes/No question, which small models follow"
+        )
+        logprobs: bool = Field(False, description="ask for top logprobs and report auc from P('1') or P(Yes)")
+        max_tokens: int = Field(
+            64, ge=1, description=f"longest answer per prompt (at most {YES_NO_TOKENS} for a Yes/No answer)"
+        )
 
     def samples(self, record: LatentRecord, rng: random.Random) -> list[Sample]:
-        positives = spread(record.test, self.n_activating)
-        negatives = spread(record.test_negatives, self.n_negatives)
-        return [Sample(render(e.tokens), label, e.window, e.kind, e.quantile)
-                for label, group in ((1, positives), (0, negatives)) for e in group]
+        positives = spread(record.test, self.options.n_activating)
+        negatives = spread(record.test_negatives, self.options.n_negatives)
+        return [
+            Sample(render(e.tokens), label, e.window, e.kind, e.quantile)
+            for label, group in ((1, positives), (0, negatives))
+            for e in group
+        ]
 
     def question(self, explanation: str, batch: list[Sample]) -> str:
-        if self.examples_per_prompt == 1:
-            return (f"Explanation: {explanation}\n\nExcerpt: {batch[0].text}\n\n"
-                    f"{self.QUESTION_ONE} Reply with one word: Yes or No.")
-        return (f"Explanation: {explanation}\n\nExcerpts:\n{numbered([s.text for s in batch])}\n\n"
-                f"Answer with exactly {len(batch)} numbers.")
+        if self.options.examples_per_prompt == 1:
+            return (
+                f"Explanation: {explanation}\n\nExcerpt: {batch[0].text}\n\n"
+                f"{self.QUESTION_ONE} Reply with one word: Yes or No."
+            )
+        return (
+            f"Explanation: {explanation}\n\nExcerpts:\n{numbered([s.text for s in batch])}\n\n"
+            f"Answer with exactly {len(batch)} numbers."
+        )
 
     async def score_latent(self, record: LatentRecord, explanation: Explanation, ctx: InterpContext) -> LatentScore:
         # a string seed hashes (seed, latent) pairs apart: seed 0/latent 1 differs from seed 1/latent 0
         rng = random.Random(f"{self.name}:{ctx.seed}:{record.latent}")
         samples = self.samples(record, rng)
         rng.shuffle(samples)
-        k = self.examples_per_prompt
-        batches = [samples[i:i + k] for i in range(0, len(samples), k)]
-        usage = Usage()
+        k = self.options.examples_per_prompt
+        batches = [samples[i : i + k] for i in range(0, len(samples), k)]
+        usage = Usage(cost_usd=0.0)  # priced from the start, as before: a latent without prompts costs 0, not unknown
         answers = await asyncio.gather(*(self._judge(ctx, explanation.text or "", b, usage) for b in batches))
-        rows, failures = [], 0
+        rows = []
         for batch, answer in zip(batches, answers):
             if answer is None:
-                failures += 1
+                usage.parse_failures += 1
                 continue
             for sample, (prediction, p1) in zip(batch, answer):
                 # the shown text is left out: the window identifies it, and it would dominate the stored details
                 rows.append({**asdict(sample), "prediction": prediction, "p1": p1})
                 del rows[-1]["text"]
-        return LatentScore(latent=record.latent, metrics=judge_metrics(rows), parse_failures=failures,
-                           details={"examples": rows, "recall_by_quantile": recall_by_quantile(rows),
-                                    "prompts": len(batches)},
-                           **usage.fields())
+        return LatentScore(
+            latent=record.latent,
+            metrics=judge_metrics(rows),
+            details={"examples": rows, "recall_by_quantile": recall_by_quantile(rows), "prompts": len(batches)},
+            **usage.usage(),
+        )
 
     async def _judge(self, ctx: InterpContext, explanation: str, batch: list[Sample], usage: Usage):
         """[(prediction, p1)] per sample, or None when the answer is unparsable."""
-        one = self.examples_per_prompt == 1  # the option, not len(batch): a short last batch keeps the list format
-        request = LLMRequest(messages=chat(self.SYSTEM_ONE if one else self.SYSTEM, self.question(explanation, batch)),
-                             max_tokens=min(self.max_tokens, YES_NO_TOKENS) if one else self.max_tokens,
-                             temperature=0.0, seed=ctx.seed, top_logprobs=TOP_LOGPROBS if self.logprobs else 0)
+        opts = self.options
+        one = opts.examples_per_prompt == 1  # the option, not len(batch): a short last batch keeps the list format
+        request = LLMRequest(
+            messages=chat(self.SYSTEM_ONE if one else self.SYSTEM, self.question(explanation, batch)),
+            max_tokens=min(opts.max_tokens, YES_NO_TOKENS) if one else opts.max_tokens,
+            temperature=0.0,
+            seed=ctx.seed,
+            top_logprobs=TOP_LOGPROBS if opts.logprobs else 0,
+        )
         response = usage.add(await ctx.llm.complete(request))
         if one:
             prediction = parse_yes_no(response.text)
             if prediction is None:
                 return None
-            return [(prediction, prob_yes(response) if self.logprobs else None)]
+            return [(prediction, prob_yes(response) if opts.logprobs else None)]
         predictions = parse_binary_list(response.text, len(batch))
         if predictions is None:
             return None
-        p1s = prob_one(response, find_int_list(response.text)[1]) if self.logprobs else [None] * len(batch)
+        p1s = prob_one(response, find_int_list(response.text)[1]) if opts.logprobs else [None] * len(batch)
         return list(zip(predictions, p1s))
 
 

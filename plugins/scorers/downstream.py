@@ -22,14 +22,15 @@ A score whose denominator is 0 (or a loss that is not finite) is None.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 import saebench
-from saebench.errors import ConfigError, ShapeError
-from saebench.metrics import Option, ratio
+from saebench.errors import ShapeError
+from saebench.metrics import ratio
 
 ROWS_PER_CHUNK = 256  # rows of [*, vocab] log-probabilities held at once
 
@@ -38,34 +39,35 @@ class DownstreamScorer(saebench.Scorer):
     """CE loss score, delta LM loss and KL score with the SAE spliced into the model."""
 
     name = "downstream"
-    family = "intrinsic"
     needs_model = True
-
-    OPTIONS = (
-        Option("tokens", int, 4096, minimum=1, help="evaluation tokens: the first ceil(tokens / context_length) contexts"),
-        Option("batch_contexts", int, 8, minimum=1, help="contexts per forward pass"),
+    headline = (
+        saebench.Metric("ce_loss_score"),
+        saebench.Metric("kl_score"),
+        saebench.Metric("delta_lm_loss", higher_is_better=False),
     )
+
+    class Options(saebench.Options):
+        tokens: int = Field(
+            4096, ge=1, description="evaluation tokens: the first ceil(tokens / context_length) contexts"
+        )
+        batch_contexts: int = Field(8, ge=1, description="contexts per forward pass")
 
     @torch.no_grad()
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
-        adapter = inputs.adapter
-        if adapter is None:
-            raise ConfigError(
-                "downstream needs a model (inputs.adapter is None): list the model in the matrix", f"scorer {self.name}"
-            )
+        adapter = inputs.model(self.name)
         tokens = inputs.tokens
         if tokens.ndim != 2:
             raise ShapeError(f"downstream expects tokens [contexts, context_length], got {list(tokens.shape)}")
         n_ctx, T = tokens.shape
-        use = min(n_ctx, math.ceil(self.tokens / T)) if T > 0 else 0
+        use = min(n_ctx, math.ceil(self.options.tokens / T)) if T > 0 else 0
         tokens = tokens[:use]
         hp = inputs.hookpoint
 
         sums = dict(ce_clean=0.0, ce_sae=0.0, ce_zero=0.0, kl_sae=0.0, kl_zero=0.0)
         counted_total = 0
         replaced_total = 0
-        for start in range(0, use, self.batch_contexts):
-            tok = tokens[start : start + self.batch_contexts]
+        for start in range(0, use, self.options.batch_contexts):
+            tok = tokens[start : start + self.options.batch_contexts]
             keep = ~adapter.special_mask(tok).to(device="cpu", dtype=torch.bool)
             if keep.shape != tok.shape:
                 raise ShapeError(f"special_mask gave {list(keep.shape)} for tokens {list(tok.shape)}")
@@ -86,7 +88,9 @@ class DownstreamScorer(saebench.Scorer):
                 del new
 
         raw = {k: _finite_or_none(v / counted_total) if counted_total else None for k, v in sums.items()}
-        ce_clean, ce_sae, ce_zero, kl_sae, kl_zero = (raw[k] for k in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero"))
+        ce_clean, ce_sae, ce_zero, kl_sae, kl_zero = (
+            raw[k] for k in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
+        )
         ce_ok, kl_ok = None not in (ce_clean, ce_sae, ce_zero), None not in (kl_sae, kl_zero)
         metrics: dict[str, float | None] = {
             "ce_loss_score": ratio(ce_zero - ce_sae, ce_zero - ce_clean) if ce_ok else None,

@@ -20,11 +20,13 @@ import threading
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 import saebench
 from saebench.errors import ConfigError
-from saebench.interfaces import Explanation, InterpContext, InterpScorer, LatentRecord, LatentScore
-from saebench.metrics import Option, roc_auc
+from saebench.interfaces import InterpContext, InterpScorer, Metric
+from saebench.interp.types import Explanation, LatentRecord, LatentScore
+from saebench.metrics import roc_auc
 
 
 class EmbeddingScorer(InterpScorer):
@@ -32,13 +34,16 @@ class EmbeddingScorer(InterpScorer):
 
     name = "embedding"
     needs_llm = False
+    headline = (Metric("auc"),)
 
-    OPTIONS = (
-        Option("model", str, "embedded:all-minilm-l6-v2",
-               help="sentence-transformers model: embedded:NAME (shipped in a PyPI package), a folder or a hub name"),
-        Option("batch_size", int, 32, minimum=1, help="texts embedded per forward pass"),
-        Option("device", str, "cpu", help="torch device of the embedding model"),
-    )
+    class Options(saebench.Options):
+        model: str = Field(
+            "embedded:all-minilm-l6-v2",
+            description="sentence-transformers model: embedded:NAME "
+            "(shipped in a PyPI package), a folder or a hub name",
+        )
+        batch_size: int = Field(32, ge=1, description="texts embedded per forward pass")
+        device: str = Field("cpu", description="torch device of the embedding model")
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -52,23 +57,26 @@ class EmbeddingScorer(InterpScorer):
             from sentence_transformers import SentenceTransformer
 
             where = f"scorer {self.name}: model"
-            path = self.model
+            path = self.options.model
             if path.startswith("embedded:"):
-                from saebench import embedded
+                from saebench.models import embedded
 
                 path = str(embedded.resolve(path.removeprefix("embedded:")))
             try:
-                self._model = SentenceTransformer(path, device=self.device)
+                self._model = SentenceTransformer(path, device=self.options.device)
             except (OSError, ValueError, RuntimeError) as exc:
-                raise ConfigError(f"cannot load sentence-transformers model {self.model!r}: "
-                                  f"{' '.join(str(exc).split())[:300]}", where) from exc
+                raise ConfigError(
+                    f"cannot load sentence-transformers model {self.options.model!r}: "
+                    f"{' '.join(str(exc).split())[:300]}",
+                    where,
+                ) from exc
         return self._model
 
     def embed(self, query: str, documents: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(query embedding [d], document embeddings [n, d]), float32, not normalised. Thread-safe."""
         with self._lock:
             model = self._load()
-            kw = dict(batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False)
+            kw = dict(batch_size=self.options.batch_size, convert_to_numpy=True, show_progress_bar=False)
             q = _encode(model, "query", [query], kw)[0]
             docs = _encode(model, "document", documents, kw) if documents else np.zeros((0, q.shape[0]), np.float32)
         return q, docs
@@ -83,8 +91,11 @@ class EmbeddingScorer(InterpScorer):
         neg = [s for s, y in zip(sims, labels) if not y]
         gap = float(np.mean(pos) - np.mean(neg)) if pos and neg else None
         metrics = {"auc": roc_auc(labels, sims), "similarity_gap": gap}
-        details = {"similarities": [round(float(s), 6) for s in sims], "labels": labels,
-                   "windows": [e.window for e, _ in examples]}
+        details = {
+            "similarities": [round(float(s), 6) for s in sims],
+            "labels": labels,
+            "windows": [e.window for e, _ in examples],
+        }
         return LatentScore(latent=record.latent, metrics=metrics, details=details, cost_usd=0.0)  # no LLM call
 
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 import random
 
-import saebench
-from saebench.interfaces import LatentRecord
-from saebench.metrics import Option
-from saebench.prompts import highlight_mask, mark, spread
+from pydantic import Field
 
+import saebench
+from saebench.interp.prompts import highlight_mask, mark, spread
+from saebench.interp.types import LatentRecord
 from saebench.plugins.scorers.detection import DetectionScorer, Sample
 
 SYSTEM = (
@@ -45,17 +45,20 @@ class FuzzingScorer(DetectionScorer):
     name = "fuzzing"
     SYSTEM = SYSTEM
     QUESTION_ONE = QUESTION_ONE
-    OPTIONS = (
-        Option("n_activating", int, 25, minimum=0, optional=True,
-               help="activating test examples, each shown correctly and wrongly marked (None: all)"),
-        Option("n_negatives", int, 25, minimum=0, optional=True,
-               help="non-activating test examples, randomly marked (None: all)"),
-    ) + DetectionScorer.OPTIONS[2:]
+
+    class Options(DetectionScorer.Options):
+        # detection's options, these two with other defaults (they keep their place, first)
+        n_activating: int | None = Field(
+            25, ge=0, description="activating test examples, each shown correctly and wrongly marked (None: all)"
+        )
+        n_negatives: int | None = Field(
+            25, ge=0, description="non-activating test examples, randomly marked (None: all)"
+        )
 
     def samples(self, record: LatentRecord, rng: random.Random) -> list[Sample]:
         out: list[Sample] = []
         marked_counts = []
-        for e in spread(record.test, self.n_activating):
+        for e in spread(record.test, self.options.n_activating):
             mask = highlight_mask(e)
             n_marked = sum(mask)
             marked_counts.append(n_marked)
@@ -63,13 +66,17 @@ class FuzzingScorer(DetectionScorer):
             unmarked = [i for i, m in enumerate(mask) if not m]
             if unmarked:
                 chosen = set(rng.sample(unmarked, min(n_marked, len(unmarked))))
-                out.append(Sample(mark(e.tokens, [i in chosen for i in range(len(mask))]), 0, e.window,
-                                  "misplaced", e.quantile))
+                out.append(
+                    Sample(
+                        mark(e.tokens, [i in chosen for i in range(len(mask))]), 0, e.window, "misplaced", e.quantile
+                    )
+                )
         n_random = max(1, math.ceil(sum(marked_counts) / len(marked_counts))) if marked_counts else 1
-        for e in spread(record.test_negatives, self.n_negatives):
+        for e in spread(record.test_negatives, self.options.n_negatives):
             chosen = set(rng.sample(range(len(e.tokens)), min(n_random, len(e.tokens))))
-            out.append(Sample(mark(e.tokens, [i in chosen for i in range(len(e.tokens))]), 0, e.window,
-                              e.kind, e.quantile))
+            out.append(
+                Sample(mark(e.tokens, [i in chosen for i in range(len(e.tokens))]), 0, e.window, e.kind, e.quantile)
+            )
         return out
 
 

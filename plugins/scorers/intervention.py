@@ -26,17 +26,19 @@ import random
 import re
 import threading
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 import saebench
 from saebench.errors import ConfigError
-from saebench.interfaces import Explanation, InterpContext, InterpScorer, LatentRecord, LatentScore
-from saebench.llm import LLMRequest
-from saebench.metrics import Option
-from saebench.prompts import Usage, render
+from saebench.interfaces import InterpContext, InterpScorer, Metric
+from saebench.interp.llm import LLMRequest
+from saebench.interp.prompts import render
+from saebench.interp.types import Explanation, LatentRecord, LatentScore, Usage
 
 JUDGE = """A language model feature is described by this explanation:
 
@@ -55,7 +57,7 @@ _ANSWER = re.compile(r"\W*(?:answer\W*)?(?:continuation\s*)?([AB])\W*", re.IGNOR
 
 # One forward at a time per model: the adapter's hooks are registered on shared modules, so two
 # threads running the same model at once would each see the other's replacement.
-_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -68,20 +70,19 @@ class InterventionScorer(InterpScorer):
     """Intervention: does the explanation pick out the text generated with the latent steered?"""
 
     name = "intervention"
-    needs_llm = True
     needs_model = True
+    headline = (Metric("score"),)
 
-    OPTIONS = (
-        Option("target_kl", float, 1.0, minimum=1e-6, help="mean KL (nats) of the next token at the prompt ends"),
-        Option("kl_tolerance", float, 0.1, minimum=0.0, help="relative: |KL - target| <= tolerance * target stops"),
-        Option("start_alpha", float, 0.5, minimum=1e-6, help="first α tried, in units of the typical residual norm"),
-        Option("max_alpha", float, 32.0, minimum=0.0, help="largest α tried"),
-        Option("search_steps", int, 16, minimum=1, help="forward passes the search may spend"),
-        Option("alpha", float, None, minimum=0.0, optional=True, help="fixed α: skip the search"),
-        Option("n_prompts", int, 4, minimum=1),
-        Option("prompt_tokens", int, 8, minimum=1, help="prompt length, BOS not counted"),
-        Option("n_tokens", int, 12, minimum=1, help="tokens generated per continuation"),
-    )
+    class Options(saebench.Options):
+        target_kl: float = Field(1.0, ge=1e-6, description="mean KL (nats) of the next token at the prompt ends")
+        kl_tolerance: float = Field(0.1, ge=0.0, description="relative: |KL - target| <= tolerance * target stops")
+        start_alpha: float = Field(0.5, ge=1e-6, description="first α tried, in units of the typical residual norm")
+        max_alpha: float = Field(32.0, ge=0.0, description="largest α tried")
+        search_steps: int = Field(16, ge=1, description="forward passes the search may spend")
+        alpha: float | None = Field(None, ge=0.0, description="fixed α: skip the search")
+        n_prompts: int = Field(4, ge=1, description="prompts steered: the first n evaluation contexts")
+        prompt_tokens: int = Field(8, ge=1, description="prompt length, BOS not counted")
+        n_tokens: int = Field(12, ge=1, description="tokens generated per continuation")
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -89,41 +90,54 @@ class InterventionScorer(InterpScorer):
 
     async def score_latent(self, record: LatentRecord, explanation: Explanation, ctx: InterpContext) -> LatentScore:
         if ctx.adapter is None:
-            raise ConfigError("intervention steers the subject model but none was given (ctx.adapter is None)",
-                              f"scorer {self.name}")
+            raise ConfigError(
+                "intervention steers the subject model but none was given (ctx.adapter is None)", f"scorer {self.name}"
+            )
         if ctx.llm is None:
             raise ConfigError("intervention needs a judge LLM", f"scorer {self.name}")
         if float(ctx.sae.W_dec[record.latent].norm()) == 0.0:  # a dead direction: steering changes nothing
-            return LatentScore(latent=record.latent, metrics={"score": None, "kl": None, "alpha": None},
-                               details={"skipped": "zero decoder direction"})
+            return LatentScore(
+                latent=record.latent,
+                metrics={"score": None, "kl": None, "alpha": None},
+                details={"skipped": "zero decoder direction"},
+            )
         out = await asyncio.to_thread(self.steer, ctx, record.latent)
         rng = random.Random(f"{ctx.seed}:{record.latent}")
         steered_first = [rng.random() < 0.5 for _ in out["prompts"]]
-        requests = [_judge_request(explanation.text or "", p, c, s, first)
-                    for p, c, s, first in zip(out["prompts"], out["clean"], out["steered"], steered_first)]
+        requests = [
+            _judge_request(explanation.text or "", p, c, s, first)
+            for p, c, s, first in zip(out["prompts"], out["clean"], out["steered"], steered_first)
+        ]
         usage = Usage()
         responses = [usage.add(r) for r in await asyncio.gather(*(ctx.llm.complete(r) for r in requests))]
         picks = [_pick(r.text, first) for r, first in zip(responses, steered_first)]
-        failures = sum(p is None for p in picks)
+        usage.parse_failures += sum(p is None for p in picks)
         parsed = [p for p in picks if p is not None]
         return LatentScore(
-            latent=record.latent, parse_failures=failures,
-            metrics={"score": sum(parsed) / len(parsed) if parsed else None,
-                     "kl": out["kl"], "alpha": out["alpha"]},
-            details={**out, "steered_first": steered_first, "picked_steered": picks,
-                     "answers": [r.text for r in responses]},
-            **usage.fields())
+            latent=record.latent,
+            metrics={"score": sum(parsed) / len(parsed) if parsed else None, "kl": out["kl"], "alpha": out["alpha"]},
+            details={
+                **out,
+                "steered_first": steered_first,
+                "picked_steered": picks,
+                "answers": [r.text for r in responses],
+            },
+            **usage.usage(),
+        )
 
     @torch.no_grad()
     def steer(self, ctx: InterpContext, latent: int) -> dict[str, Any]:
         """Choose α, generate clean and steered continuations; the texts and the search as a dict."""
         adapter, hp = ctx.adapter, ctx.hookpoint
-        contexts = _contexts(ctx, self.n_prompts)
+        opts = self.options
+        contexts = _contexts(ctx, opts.n_prompts)
         bos = adapter.bos_token_id
-        L = self.prompt_tokens + int(bos is not None and bool((contexts[:, 0] == bos).all()))
+        L = opts.prompt_tokens + int(bos is not None and bool((contexts[:, 0] == bos).all()))
         if contexts.shape[1] < L:
-            raise ConfigError(f"contexts of {contexts.shape[1]} tokens are shorter than the prompts ({L})",
-                              f"scorer {self.name}: prompt_tokens")
+            raise ConfigError(
+                f"contexts of {contexts.shape[1]} tokens are shorter than the prompts ({L})",
+                f"scorer {self.name}: prompt_tokens",
+            )
         prompts = contexts[:, :L]
         w = ctx.sae.W_dec[latent].detach().to("cpu", torch.float32)
         with _model_lock(adapter):
@@ -131,7 +145,7 @@ class InterventionScorer(InterpScorer):
             if key not in self._clean:
                 norm = residual_norm(adapter, hp, contexts)
                 lp_clean = next_logprobs(adapter, prompts, None)
-                self._clean[key] = (norm, lp_clean, generate(adapter, prompts, self.n_tokens, None))
+                self._clean[key] = (norm, lp_clean, generate(adapter, prompts, opts.n_tokens, None))
             norm, lp_clean, clean = self._clean[key]
             vector = w / w.norm() * norm
 
@@ -139,20 +153,30 @@ class InterventionScorer(InterpScorer):
                 lp = next_logprobs(adapter, prompts, {hp: steering(adapter, prompts, alpha * vector)})
                 return mean_kl(lp_clean, lp)
 
-            if self.alpha is not None:
-                alpha, kl, trace = self.alpha, kl_at(self.alpha), []
+            if opts.alpha is not None:
+                alpha, kl, trace = opts.alpha, kl_at(opts.alpha), []
             else:
-                alpha, kl, trace = search_alpha(kl_at, self.target_kl, self.kl_tolerance, self.start_alpha,
-                                                self.max_alpha, self.search_steps)
-            steered = generate(adapter, prompts, self.n_tokens, alpha * vector, hp)
+                alpha, kl, trace = search_alpha(
+                    kl_at, opts.target_kl, opts.kl_tolerance, opts.start_alpha, opts.max_alpha, opts.search_steps
+                )
+            steered = generate(adapter, prompts, opts.n_tokens, alpha * vector, hp)
         texts = [_texts(adapter, p.tolist(), c.tolist(), s.tolist()) for p, c, s in zip(prompts, clean, steered)]
-        reached = self.alpha is not None or abs(kl - self.target_kl) <= self.kl_tolerance * self.target_kl
-        return {"alpha": alpha, "kl": kl, "target_reached": reached, "search": trace, "residual_norm": norm,
-                "prompts": [t[0] for t in texts], "clean": [t[1] for t in texts], "steered": [t[2] for t in texts]}
+        reached = opts.alpha is not None or abs(kl - opts.target_kl) <= opts.kl_tolerance * opts.target_kl
+        return {
+            "alpha": alpha,
+            "kl": kl,
+            "target_reached": reached,
+            "search": trace,
+            "residual_norm": norm,
+            "prompts": [t[0] for t in texts],
+            "clean": [t[1] for t in texts],
+            "steered": [t[2] for t in texts],
+        }
 
 
-def search_alpha(kl_at: Callable[[float], float], target: float, tolerance: float, start: float, max_alpha: float,
-                 steps: int) -> tuple[float, float, list[tuple[float, float]]]:
+def search_alpha(
+    kl_at: Callable[[float], float], target: float, tolerance: float, start: float, max_alpha: float, steps: int
+) -> tuple[float, float, list[tuple[float, float]]]:
     """(α, KL(α), every (α, KL) tried): double from ``start`` until KL ≥ target, then bisect.
 
     Assumes KL grows with α (true near 0, usual beyond); when it does not, the closest α seen wins.
@@ -212,7 +236,7 @@ def generate(adapter, prompts: Tensor, n_tokens: int, vector: Tensor | None, hoo
         replace = {hookpoint: steering(adapter, tokens, vector)} if vector is not None else None
         nxt = adapter.logits(tokens, replace=replace)[:, -1].argmax(-1)
         tokens = torch.cat([tokens, nxt[:, None].to(tokens.dtype)], dim=1)
-    return tokens[:, prompts.shape[1]:]
+    return tokens[:, prompts.shape[1] :]
 
 
 def _texts(adapter, prompt: list[int], clean: list[int], steered: list[int]) -> tuple[str, str, str]:
@@ -225,7 +249,7 @@ def _texts(adapter, prompt: list[int], clean: list[int], steered: list[int]) -> 
             ids = ids[: ids.index(adapter.eos_token_id)]
         ids = [t for t in ids if t not in special]
         # decoded after the prompt so that a token's leading space is kept as the model wrote it
-        return "".join(adapter.token_strings(prompt + ids)[len(prompt):])
+        return "".join(adapter.token_strings(prompt + ids)[len(prompt) :])
 
     return "".join(adapter.token_strings(prompt)), continuation(clean), continuation(steered)
 

@@ -27,84 +27,105 @@ instead of subtracting ‖E[x]‖², so it is not a variance; kept for compariso
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from torch import Tensor
 
 import saebench
-from saebench.metrics import STREAM_OPTIONS, encoded_batches, ratio
+from saebench.metrics import StreamOptions, encoded_batches, ratio
+
+METRICS = ("explained_variance", "fvu", "mse", "cosine", "l2_ratio", "relative_reconstruction_bias")
 
 
 class ReconstructionScorer(saebench.Scorer):
     """Explained variance, FVU, MSE, cosine similarity, L2 ratio and relative reconstruction bias."""
 
     name = "reconstruction"
-    family = "intrinsic"
-    needs_model = False
+    headline = (
+        saebench.Metric("explained_variance"),
+        saebench.Metric("mse", higher_is_better=False),
+        saebench.Metric("cosine"),
+    )
 
-    OPTIONS = STREAM_OPTIONS
+    Options = StreamOptions
 
     @torch.no_grad()
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
-        d = sae.cfg.d_in
-        n = 0
-        shift = None  # c: the first batch's mean
-        sum_dx = None  # Σ (x − c), [d]
-        sum_dx_sq = 0.0  # Σ ‖x − c‖²
-        sum_x_sq = 0.0  # Σ ‖x‖²
-        sse = 0.0  # Σ ‖x − x̂‖²
-        sum_xhat_sq = 0.0  # Σ ‖x̂‖²
-        sum_dot = 0.0  # Σ x·x̂
-        cos_sum, cos_n = 0.0, 0
-        ratio_sum, ratio_n = 0.0, 0
-        for x_in, values, indices in encoded_batches(sae, inputs, self.batch_tokens, self.max_tokens):
+        sums = _Sums()
+        for x_in, values, indices in encoded_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens):
             x_hat = sae.decode_sparse(values, indices).to(torch.float64)
-            x = x_in.to(device=x_hat.device, dtype=torch.float64)
-            if shift is None:
-                shift = x.mean(dim=0)
-                sum_dx = torch.zeros_like(shift)
-            dx = x - shift
-            sum_dx += dx.sum(dim=0)
-            sum_dx_sq += float(dx.square().sum())
-            x_norm_sq = x.square().sum(dim=1)
-            xhat_norm_sq = x_hat.square().sum(dim=1)
-            dot = (x * x_hat).sum(dim=1)
-            n += x.shape[0]
-            sum_x_sq += float(x_norm_sq.sum())
-            sse += float((x - x_hat).square().sum())
-            sum_xhat_sq += float(xhat_norm_sq.sum())
-            sum_dot += float(dot.sum())
-            x_norm, xhat_norm = x_norm_sq.sqrt(), xhat_norm_sq.sqrt()
-            ok = (x_norm > 0) & (xhat_norm > 0)
-            cos_sum += float((dot[ok] / (x_norm[ok] * xhat_norm[ok])).sum())
-            cos_n += int(ok.sum())
-            has_x = x_norm > 0
-            ratio_sum += float((xhat_norm[has_x] / x_norm[has_x]).sum())
-            ratio_n += int(has_x.sum())
+            sums.add(x_in.to(device=x_hat.device, dtype=torch.float64), x_hat)
+        return sums.result(sae.cfg.d_in)
 
-        names = ("explained_variance", "fvu", "mse", "cosine", "l2_ratio", "relative_reconstruction_bias")
+
+@dataclass
+class _Sums:
+    """The float64 sums over the evaluated tokens that every metric is computed from."""
+
+    n: int = 0
+    shift: Tensor | None = None  # c: the first batch's mean
+    sum_dx: Tensor | None = None  # Σ (x − c), [d]
+    sum_dx_sq: float = 0.0  # Σ ‖x − c‖²
+    sum_x_sq: float = 0.0  # Σ ‖x‖²
+    sse: float = 0.0  # Σ ‖x − x̂‖²
+    sum_xhat_sq: float = 0.0  # Σ ‖x̂‖²
+    sum_dot: float = 0.0  # Σ x·x̂
+    cos_sum: float = 0.0  # Σ cos(x, x̂) over the tokens where ‖x‖ > 0 and ‖x̂‖ > 0
+    cos_n: int = 0
+    ratio_sum: float = 0.0  # Σ ‖x̂‖ / ‖x‖ over the tokens where ‖x‖ > 0
+    ratio_n: int = 0
+
+    def add(self, x: Tensor, x_hat: Tensor) -> None:
+        """Add one batch: x and x̂ [n, d], float64 on the same device."""
+        if self.shift is None:
+            self.shift = x.mean(dim=0)
+            self.sum_dx = torch.zeros_like(self.shift)
+        dx = x - self.shift
+        self.sum_dx += dx.sum(dim=0)
+        self.sum_dx_sq += float(dx.square().sum())
+        x_norm_sq = x.square().sum(dim=1)
+        xhat_norm_sq = x_hat.square().sum(dim=1)
+        dot = (x * x_hat).sum(dim=1)
+        self.n += x.shape[0]
+        self.sum_x_sq += float(x_norm_sq.sum())
+        self.sse += float((x - x_hat).square().sum())
+        self.sum_xhat_sq += float(xhat_norm_sq.sum())
+        self.sum_dot += float(dot.sum())
+        x_norm, xhat_norm = x_norm_sq.sqrt(), xhat_norm_sq.sqrt()
+        ok = (x_norm > 0) & (xhat_norm > 0)
+        self.cos_sum += float((dot[ok] / (x_norm[ok] * xhat_norm[ok])).sum())
+        self.cos_n += int(ok.sum())
+        has_x = x_norm > 0
+        self.ratio_sum += float((xhat_norm[has_x] / x_norm[has_x]).sum())
+        self.ratio_n += int(has_x.sum())
+
+    def result(self, d: int) -> saebench.ScoreResult:
+        """The metrics and details of the module docstring from the sums (``d`` = d_in)."""
+        n = self.n
         if n == 0:
-            return saebench.ScoreResult(metrics={**{k: None for k in names}, "tokens": 0}, details={"d_in": d})
-
-        mean_dx = sum_dx / n
-        total_ss = max(sum_dx_sq - n * float(mean_dx.square().sum()), 0.0)  # Σ‖x − x̄‖²
-        fvu = ratio(sse, total_ss)
+            return saebench.ScoreResult(metrics={**dict.fromkeys(METRICS), "tokens": 0}, details={"d_in": d})
+        mean_dx = self.sum_dx / n
+        total_ss = max(self.sum_dx_sq - n * float(mean_dx.square().sum()), 0.0)  # Σ‖x − x̄‖²
+        fvu = ratio(self.sse, total_ss)
         metrics = {
             "explained_variance": None if fvu is None else 1.0 - fvu,
             "fvu": fvu,
-            "mse": sse / (n * d),
-            "cosine": ratio(cos_sum, cos_n),
-            "l2_ratio": ratio(ratio_sum, ratio_n),
-            "relative_reconstruction_bias": ratio(sum_xhat_sq, sum_dot),
+            "mse": self.sse / (n * d),
+            "cosine": ratio(self.cos_sum, self.cos_n),
+            "l2_ratio": ratio(self.ratio_sum, self.ratio_n),
+            "relative_reconstruction_bias": ratio(self.sum_xhat_sq, self.sum_dot),
             "tokens": n,
         }
-        mean_sq_norm = sum_x_sq / n
-        sb06 = ratio(sse / n, mean_sq_norm - (mean_sq_norm / d) ** 2)
+        mean_sq_norm = self.sum_x_sq / n
+        sb06 = ratio(self.sse / n, mean_sq_norm - (mean_sq_norm / d) ** 2)
         details = {
             "d_in": d,
-            "sse_per_token": sse / n,
+            "sse_per_token": self.sse / n,
             "total_variance_per_token": total_ss / n,
             "mean_sq_norm": mean_sq_norm,
-            "cosine_undefined_tokens": n - cos_n,
-            "l2_ratio_undefined_tokens": n - ratio_n,
+            "cosine_undefined_tokens": n - self.cos_n,
+            "l2_ratio_undefined_tokens": n - self.ratio_n,
             "saebench_0_6_explained_variance": None if sb06 is None else 1.0 - sb06,
         }
         return saebench.ScoreResult(metrics=metrics, details=details)

@@ -28,13 +28,13 @@ import random
 import re
 
 import numpy as np
+from pydantic import Field, field_validator
 
 import saebench
-from saebench.errors import ConfigError
-from saebench.interfaces import Example, Explanation, InterpContext, InterpScorer, LatentRecord, LatentScore
-from saebench.llm import LLMRequest, LLMResponse
-from saebench.metrics import Option
-from saebench.prompts import Usage, chat, expected_digit, parse_int_list, token_at
+from saebench.interfaces import InterpContext, InterpScorer, Metric
+from saebench.interp.llm import LLMRequest, LLMResponse
+from saebench.interp.prompts import chat, expected_digit, parse_int_list, token_at
+from saebench.interp.types import Example, Explanation, LatentRecord, LatentScore, Usage
 
 TOP_LOGPROBS = 10
 MODES = ("json", "logprobs")
@@ -54,59 +54,75 @@ class SimulationScorer(InterpScorer):
     """Simulation: a judge predicts per-token activations from the explanation (Pearson correlation)."""
 
     name = "simulation"
-    OPTIONS = (
-        Option("n_examples", int, 6, minimum=1, help="test examples simulated: top, random activating, negatives"),
-        Option("mode", str, "json", help="json (a list of 0-10) or logprobs (expected digit per token line)"),
-        Option("max_tokens", int, 512, minimum=1, help="longest answer per example"),
-    )
+    headline = (Metric("correlation"),)
 
-    def __init__(self, **options):
-        super().__init__(**options)
-        if self.mode not in MODES:
-            raise ConfigError(f"option 'mode' must be one of {', '.join(MODES)}, got {self.mode!r}",
-                              f"scorer {self.name}")
+    class Options(saebench.Options):
+        n_examples: int = Field(6, ge=1, description="test examples simulated: top, random activating, negatives")
+        mode: str = Field("json", description="json (a list of 0-10) or logprobs (expected digit per token line)")
+        max_tokens: int = Field(512, ge=1, description="longest answer per example")
+
+        @field_validator("mode")
+        @classmethod
+        def _known_mode(cls, value: str) -> str:
+            if value not in MODES:
+                raise ValueError(f"must be one of {', '.join(MODES)}")
+            return value
 
     def examples(self, record: LatentRecord, rng: random.Random) -> list[Example]:
-        n_neg = self.n_examples // 3
-        n_top = -(-(self.n_examples - n_neg) // 2)
+        n = self.options.n_examples
+        n_neg = n // 3
+        n_top = -(-(n - n_neg) // 2)
         ranked = sorted(record.test, key=lambda e: -e.max_activation)
         rest = ranked[n_top:]
-        chosen = ranked[:n_top] + rng.sample(rest, min(self.n_examples - n_neg - n_top, len(rest)))
+        chosen = ranked[:n_top] + rng.sample(rest, min(n - n_neg - n_top, len(rest)))
         return chosen + rng.sample(record.test_negatives, min(n_neg, len(record.test_negatives)))
 
     async def score_latent(self, record: LatentRecord, explanation: Explanation, ctx: InterpContext) -> LatentScore:
         rng = random.Random(f"{self.name}:{ctx.seed}:{record.latent}")
         examples = self.examples(record, rng)
-        usage = Usage()
+        usage = Usage(cost_usd=0.0)  # priced from the start, as before: a latent without examples costs 0, not unknown
         predictions = await asyncio.gather(*(self._simulate(ctx, explanation.text or "", e, usage) for e in examples))
         rows, pooled_pred, pooled_true, per_example = [], [], [], []
         for e, pred in zip(examples, predictions):
             r = pearson(pred, e.activations) if pred is not None else None
-            rows.append({"window": e.window, "kind": e.kind, "quantile": e.quantile,
-                         "predicted": pred, "correlation": r})
+            rows.append(
+                {"window": e.window, "kind": e.kind, "quantile": e.quantile, "predicted": pred, "correlation": r}
+            )
             if pred is None:
                 continue
             pooled_pred += pred
             pooled_true += e.activations
             if r is not None:
                 per_example.append(r)
-        metrics = {"correlation": pearson(pooled_pred, pooled_true),
-                   "correlation_per_example": float(np.mean(per_example)) if per_example else None}
-        failures = sum(p is None for p in predictions)
-        return LatentScore(latent=record.latent, metrics=metrics, parse_failures=failures,
-                           details={"examples": rows, "mode": self.mode}, **usage.fields())
+        metrics = {
+            "correlation": pearson(pooled_pred, pooled_true),
+            "correlation_per_example": float(np.mean(per_example)) if per_example else None,
+        }
+        usage.parse_failures += sum(p is None for p in predictions)
+        return LatentScore(
+            latent=record.latent,
+            metrics=metrics,
+            details={"examples": rows, "mode": self.options.mode},
+            **usage.usage(),
+        )
 
     async def _simulate(self, ctx: InterpContext, explanation: str, example: Example, usage: Usage):
         """Predicted activations, one per token, or None when the answer cannot be parsed."""
-        n = len(example.tokens)
-        top = 10 if self.mode == "json" else 9
-        user = (f"Explanation: {explanation}\n\nTokens ({n}): {json.dumps(example.tokens, ensure_ascii=False)}\n\n"
-                + ANSWER[self.mode])
-        request = LLMRequest(messages=chat(SYSTEM.format(top=top), user), max_tokens=self.max_tokens,
-                             temperature=0.0, seed=ctx.seed,
-                             top_logprobs=TOP_LOGPROBS if self.mode == "logprobs" else 0)
+        n, mode = len(example.tokens), self.options.mode
+        top = 10 if mode == "json" else 9
+        user = (
+            f"Explanation: {explanation}\n\nTokens ({n}): {json.dumps(example.tokens, ensure_ascii=False)}\n\n"
+            + ANSWER[mode]
+        )
+        request = LLMRequest(
+            messages=chat(SYSTEM.format(top=top), user),
+            max_tokens=self.options.max_tokens,
+            temperature=0.0,
+            seed=ctx.seed,
+            top_logprobs=TOP_LOGPROBS if mode == "logprobs" else 0,
+        )
         response = usage.add(await ctx.llm.complete(request))
-        if self.mode == "json":
+        if mode == "json":
             values = parse_int_list(response.text, n, 0, 10)
             return None if values is None else [float(v) for v in values]
         return line_expectations(response, n)

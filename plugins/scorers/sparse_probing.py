@@ -11,7 +11,8 @@ token; see ``saebench plugins``), on the task's cached activations at the SAE's 
   then a logistic probe on those latents alone. Test accuracy and macro F1.
 - ``probe_loss`` (Gao et al. 2024): per class (one-vs-rest; one problem for a binary task), the test
   cross-entropy of the best 1-D logistic probe on a single latent (searched among the 256 latents
-  with the largest standardised class-mean difference), averaged over classes; lower is better. ``probe_loss_prior`` is the loss of predicting the class prior, its no-information level.
+  with the largest standardised class-mean difference), averaged over classes; lower is better.
+  ``probe_loss_prior`` is the loss of predicting the class prior, its no-information level.
 - token-level tasks also report ``token_identity_accuracy``: the best a classifier that sees only the
   token id can do; latents that merely echo the token cannot beat it.
 
@@ -23,12 +24,14 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import torch
+from pydantic import Field, field_validator
 
 import saebench
 from saebench.errors import ConfigError
-from saebench.linear_probe import (
+from saebench.probes.linear import (
     class_mean_difference,
     classification_metrics,
     dense_probe,
@@ -36,32 +39,37 @@ from saebench.linear_probe import (
     one_dim_probe_losses,
     token_identity,
 )
-from saebench.metrics import Option
-from saebench.probing import PROBE_DATA_OPTIONS, ProbeData, encoder, make_task
+from saebench.probes.tasks import ProbeData, ProbeDataOptions, encoder, make_task
 
 DEFAULT_TASKS = ["text_source", "python_syntax"]
 #: latents tried per class for the 1-D probe loss
 PROBE_LOSS_CANDIDATES = 256
+
 
 class SparseProbingScorer(saebench.Scorer):
     """Sparse probing: logistic probes on the k most class-selective latents vs a dense probe, and 1-D probe loss."""
 
     name = "sparse_probing"
     family = "probe"
-    OPTIONS = (
-        Option("tasks", list, DEFAULT_TASKS, help="probe tasks: names or {name, options}"),
-        Option("ks", list, [1, 2, 5, 20], help="numbers of latents per sparse probe"),
-        Option("l2", float, 1e-3, minimum=0, help="L2 penalty of every probe (mean-CE objective)"),
-        *PROBE_DATA_OPTIONS,
-    )
+    headline = (saebench.Metric(r"k\d+_accuracy"),)
 
-    def __init__(self, **options):
+    class Options(ProbeDataOptions):
+        tasks: list[str | dict] = Field(
+            DEFAULT_TASKS, min_length=1, description="probe tasks: names or {name, options}"
+        )
+        ks: list[int] = Field([1, 2, 5, 20], description="numbers of latents per sparse probe (positive integers)")
+        l2: float = Field(1e-3, ge=0, description="L2 penalty of every probe (mean-CE objective)")
+
+        @field_validator("ks")
+        @classmethod
+        def _positive(cls, ks: list[int]) -> list[int]:
+            if not all(k >= 1 for k in ks):
+                raise ValueError("must be a list of positive integers")
+            return ks
+
+    def __init__(self, **options: Any):
         super().__init__(**options)
-        if not self.tasks:
-            raise ConfigError("option 'tasks' is empty", f"scorer {self.name}")
-        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.ks):
-            raise ConfigError(f"option 'ks' must be a list of positive integers, got {self.ks!r}", f"scorer {self.name}")
-        self.task_objects = [make_task(t, f"scorer {self.name}: tasks[{i}]") for i, t in enumerate(self.tasks)]
+        self.task_objects = [make_task(t, f"scorer {self.name}: tasks[{i}]") for i, t in enumerate(self.options.tasks)]
 
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
         if inputs.probe_data is None:
@@ -70,7 +78,7 @@ class SparseProbingScorer(saebench.Scorer):
         details: dict[str, dict] = {}
         per_task: list[dict[str, float | None]] = []
         for task in self.task_objects:
-            data = inputs.probe_data(task, context_length=self.context_length, max_rows=self.max_rows)
+            data = inputs.probe_data(task, context_length=self.options.context_length, max_rows=self.options.max_rows)
             start = time.perf_counter()
             result = self.score_task(sae, data)
             result["seconds"] = time.perf_counter() - start
@@ -89,15 +97,16 @@ class SparseProbingScorer(saebench.Scorer):
         train, test = data.train, ~data.train
         y_tr, y_te = data.labels[train], data.labels[test]
         C = data.n_classes
+        l2 = self.options.l2
         out: dict[str, float | None] = {}
-        m = data.cached(("dense", self.l2), lambda: dense_probe(data, self.l2))
+        m = data.cached(("dense", l2), lambda: dense_probe(data, l2))
         out["dense_accuracy"], out["dense_f1"] = m["accuracy"], m["f1"]
         latents = data.features(encoder(sae))
         diff = class_mean_difference(latents[train], y_tr, C).max(0).values
         order = torch.argsort(diff, descending=True, stable=True)
-        for k in sorted(set(self.ks)):
+        for k in sorted(set(self.options.ks)):
             chosen = order[:k]
-            probe = fit_logistic(latents[train][:, chosen], y_tr, C, l2=self.l2)
+            probe = fit_logistic(latents[train][:, chosen], y_tr, C, l2=l2)
             m = classification_metrics(probe.predict(latents[test][:, chosen]), y_te, C)
             out[f"k{k}_accuracy"], out[f"k{k}_f1"] = m["accuracy"], m["f1"]
         out["probe_loss"], out["probe_loss_prior"] = self.probe_loss(latents[train], y_tr, latents[test], y_te, C)

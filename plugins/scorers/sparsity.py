@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import saebench
-from saebench.metrics import STREAM_OPTIONS, encoded_batches
+from saebench.metrics import StreamOptions, encoded_batches
 
 #: above this many latents the full per-latent count list is left out of the details
 FULL_COUNTS_MAX_LATENTS = 16384
@@ -38,10 +38,12 @@ class SparsityScorer(saebench.Scorer):
     """L0, dead and dense latent fractions, and the latent frequency histogram."""
 
     name = "sparsity"
-    family = "intrinsic"
-    needs_model = False
+    headline = (
+        saebench.Metric("l0", higher_is_better=None, plot=False, axis=True, label="L0 (active latents per token)"),
+        saebench.Metric("dead_fraction", higher_is_better=False, plot=False),
+    )
 
-    OPTIONS = STREAM_OPTIONS
+    Options = StreamOptions
 
     @torch.no_grad()
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
@@ -49,7 +51,7 @@ class SparsityScorer(saebench.Scorer):
         counts: torch.Tensor | None = None
         n_tokens = 0
         active_total = 0
-        for x, values, indices in encoded_batches(sae, inputs, self.batch_tokens, self.max_tokens):
+        for x, values, indices in encoded_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens):
             active = values != 0
             n_tokens += x.shape[0]
             active_total += int(active.sum())

@@ -22,45 +22,59 @@ Examples with an empty text (no token to score) are skipped and counted in ``det
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING
+
+from pydantic import Field, field_validator
 
 import saebench
 from saebench.errors import ConfigError
-from saebench.interfaces import Explanation, InterpContext, InterpScorer, LatentRecord, LatentScore
-from saebench.metrics import Option, roc_auc
+from saebench.interfaces import InterpContext, InterpScorer, Metric
+from saebench.interp.types import Explanation, LatentRecord, LatentScore
+from saebench.metrics import roc_auc
+
+if TYPE_CHECKING:
+    from saebench.interp.llm import LLMClient
 
 
 class SurprisalScorer(InterpScorer):
     """Surprisal: how much the explanation lowers a base LM's loss on activating vs non-activating examples."""
 
     name = "surprisal"
-    needs_llm = True
+    headline = (Metric("auc"),)
 
-    OPTIONS = (
-        Option("prefix", str, "The following text is about: {explanation}\n\n",
-               help="prompt before each example; must contain {explanation}"),
-        Option("neutral_prefix", str, "The following text is about: anything\n\n",
-               help="the baseline prompt, without the explanation"),
-    )
+    class Options(saebench.Options):
+        prefix: str = Field(
+            "The following text is about: {explanation}\n\n",
+            description="prompt before each example; must contain {explanation}",
+        )
+        neutral_prefix: str = Field(
+            "The following text is about: anything\n\n", description="the baseline prompt, without the explanation"
+        )
 
-    def __init__(self, **options: Any):
-        super().__init__(**options)
-        if "{explanation}" not in self.prefix:
-            raise ConfigError("option 'prefix' must contain {explanation}", f"scorer {self.name}")
+        @field_validator("prefix")
+        @classmethod
+        def _names_the_explanation(cls, value: str) -> str:
+            if "{explanation}" not in value:
+                raise ValueError("must contain {explanation}")
+            return value
 
-    def check_llm(self, client) -> None:
+    def check_llm(self, client: LLMClient | None) -> None:
         """Raise ConfigError unless ``client`` can score a continuation (the runner calls this up front)."""
         if client is None:
-            raise ConfigError("surprisal needs an LLM client (a base LM that scores continuations)",
-                              f"scorer {self.name}")
+            raise ConfigError(
+                "surprisal needs an LLM client (a base LM that scores continuations)", f"scorer {self.name}"
+            )
         if not getattr(client, "supports_continuation_logprobs", False):
-            raise ConfigError(f"llm client {client.name!r} cannot give the log-probabilities of a continuation; "
-                              "surprisal needs one that can (a local base model)", f"scorer {self.name}")
+            raise ConfigError(
+                f"llm client {client.name!r} cannot give the log-probabilities of a continuation; "
+                "surprisal needs one that can (a local base model)",
+                f"scorer {self.name}",
+            )
 
     async def score_latent(self, record: LatentRecord, explanation: Explanation, ctx: InterpContext) -> LatentScore:
         self.check_llm(ctx.llm)
         # str.replace, not str.format: an explanation or prefix may contain other braces
-        with_prompt = self.prefix.replace("{explanation}", explanation.text or "")
+        with_prompt = self.options.prefix.replace("{explanation}", explanation.text or "")
         examples = [(e, 1) for e in record.test] + [(e, 0) for e in record.test_negatives]
         texts = [e.text for e, _ in examples]
 
@@ -70,7 +84,7 @@ class SurprisalScorer(InterpScorer):
             lps = await ctx.llm.continuation_logprobs(prompt, text)
             return -sum(lps) / len(lps) if lps else None
 
-        losses = await asyncio.gather(*(loss(p, t) for t in texts for p in (self.neutral_prefix, with_prompt)))
+        losses = await asyncio.gather(*(loss(p, t) for t in texts for p in (self.options.neutral_prefix, with_prompt)))
         labels, drops, skipped = [], [], 0
         rows = []
         for i, (example, label) in enumerate(examples):

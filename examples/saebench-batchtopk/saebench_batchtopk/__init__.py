@@ -14,7 +14,8 @@ else s·x (s = ``act_scale``), and x̂ = (f·W_dec + b_dec) / s.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -32,12 +33,16 @@ class BatchTopKSAE(saebench.SAE):
 
     def validate_config(self, cfg: saebench.SAEConfig) -> None:
         if cfg.k is None:
-            raise saebench.CheckpointError("a batchtopk SAE needs k (the average latents per token it was trained with)")
+            raise saebench.CheckpointError(
+                "a batchtopk SAE needs k (the average latents per token it was trained with)"
+            )
         if cfg.k > cfg.d_sae:
             raise saebench.CheckpointError(f"k={cfg.k} is larger than d_sae={cfg.d_sae}")
 
     @classmethod
-    def from_weights(cls, weights: Mapping[str, Any], cfg: saebench.SAEConfig, where: str | None = None) -> "BatchTopKSAE":
+    def from_weights(
+        cls, weights: Mapping[str, Any], cfg: saebench.SAEConfig, where: str | None = None
+    ) -> BatchTopKSAE:
         """Build from SAELens-named weights; ``threshold`` may be shape [] or [1]."""
         theta = weights.get("threshold")
         if theta is not None and tuple(getattr(theta, "shape", ())) == (1,):
@@ -54,13 +59,13 @@ class BatchTopKSAE(saebench.SAE):
 
     # h > θ  <=>  ReLU(x'·W_enc + (b_enc − θ)) > 0: the GEMM's fused ReLU finds the active latents,
     # adding θ back to the survivors gives h (as the built-in jumprelu does, with a scalar θ).
-    def _epilogue(self) -> tuple[Tensor, str]:
+    def fused_epilogue(self) -> tuple[Tensor, str]:
         return self.b_enc - self._theta(), "relu"
 
-    def _finish_dense(self, g: Tensor, latents: slice) -> Tensor:
+    def finish_dense(self, g: Tensor, latents: slice) -> Tensor:
         return g.addcmul_(self._theta().to(g.dtype), g.sign())
 
-    def _finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor:
+    def finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor:
         return values + self._theta().to(values.dtype)
 
     # -- the training-time definition -------------------------------------------------------
@@ -102,7 +107,7 @@ class GatedSAE(saebench.SAE):
 
     # The shared projection h = x'·W_enc is this architecture's "pre-activation": both paths are
     # affine in it (x'·(W_enc ⊙ e^r) = h ⊙ e^r), so one GEMM serves both. The kernel's generic path
-    # is used unchanged: its fused GEMM adds the bias from _epilogue (zero here; it folds b_dec in
+    # is used unchanged: its fused GEMM adds the bias from fused_epilogue (zero here; it folds b_dec in
     # itself), then calls activation() on each chunk.
     def pre_acts(self, x: Tensor) -> Tensor:
         return self.prepare_input(x) @ self.W_enc
@@ -112,7 +117,7 @@ class GatedSAE(saebench.SAE):
         magnitude = torch.relu(h * self.r_mag.exp() + self.b_mag)
         return magnitude * gate.to(magnitude.dtype)
 
-    def _epilogue(self) -> tuple[Tensor, str]:
+    def fused_epilogue(self) -> tuple[Tensor, str]:
         return torch.zeros_like(self.b_gate), "none"
 
 

@@ -1,0 +1,1 @@
+"""Automated interpretability: LLM clients, latent records and the prompts explainers and judges share."""

@@ -1,0 +1,229 @@
+"""``saebench report OUTPUT``: one self-contained HTML page of a run's results, read from the store alone.
+
+Sections: the leaderboard (sortable), the sparsity–fidelity frontier plots of the metrics each
+scorer declares (saebench.results.plots), per-latent cards with highlighted activating examples,
+the sections plugins contribute (``register_report_sections``: TreeProbe's trees are one), and the
+run's configuration and versions. The page fetches nothing (saebench.results.html).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from saebench import plugin_manager
+from saebench.errors import SaebenchError
+from saebench.interp.records import RecordSet
+from saebench.results.html import esc, fmt, page, split_column
+from saebench.results.leaderboard import ID_COLUMNS, leaderboard_rows
+from saebench.results.plots import frontier
+from saebench.run.store import ResultsStore
+
+EXAMPLES_PER_LATENT = 5
+
+
+def write_report(output: str | Path, file: str | Path | None = None, latents: int = 50) -> Path:
+    """Render the report of the results folder ``output`` to ``file`` (default OUTPUT/report.html)."""
+    columns, rows = leaderboard_rows(output)  # also the leaderboard's one-line error when there is no store
+    with ResultsStore.existing(output) as store:
+        cells, details, runs = store.cells(), store.cell_details(), store.runs()
+        scorers, configs = store.scorer_info(), store.cell_configs()
+        archs = architectures(store.sae_configs(), configs)
+        cards = _latent_cards(store, details, latents)
+        stored = _stored_cells(details, rows, scorers)
+    name = runs[-1]["matrix"].get("name") if runs else None
+    sections = [
+        ("leaderboard", "Leaderboard", _leaderboard(columns, rows, cells)),
+        ("frontier", "Sparsity–fidelity frontier", frontier(columns, rows, archs, scorers)),
+        ("latents", "Latents", cards),
+    ]
+    for info in plugin_manager.get_registry().of_kind("report_section"):
+        body = info.obj().render(stored)
+        if body is not None:
+            sections.append((info.name, info.obj.title or info.name, body))
+    sections.append(("config", "Configuration", _config(runs)))
+    path = Path(file) if file is not None else Path(output) / "report.html"
+    path.write_text(page(f"saebench report: {name}" if name else "saebench report", sections), encoding="utf-8")
+    return path
+
+
+def architectures(saes: dict[tuple[str, str, str], dict], configs: list[dict]) -> dict[tuple[str, str, str], str]:
+    """Each SAE's architecture: as the run resolved it (the store's ``saes``), else from a trained SAE's
+    ``train`` block in its cells' configuration, else "unknown"."""
+    out = {key: str(cfg["arch"]) for key, cfg in saes.items() if cfg.get("arch")}
+    for c in configs:
+        key = (c["model"], c["hookpoint"], c["sae"])
+        train = (c["config"].get("sae") or {}).get("train") if isinstance(c["config"].get("sae"), dict) else None
+        if key not in out and isinstance(train, dict) and train.get("arch"):
+            out[key] = str(train["arch"])
+    for c in configs:
+        out.setdefault((c["model"], c["hookpoint"], c["sae"]), "unknown")
+    return out
+
+
+def _stored_cells(details: list[dict], rows: list[dict], scorers: dict[str, dict]) -> list[dict[str, Any]]:
+    """The finished cells as a report section sees them: with their metrics and their scorer's plugin name."""
+    metrics = {(r["model"], r["hookpoint"], r["sae"]): r for r in rows}
+    out = []
+    for c in details:
+        row = metrics.get((c["model"], c["hookpoint"], c["sae"]), {})
+        own = {split_column(k)[1]: v for k, v in row.items() if split_column(k)[0] == c["scorer"]}
+        plugin = scorers.get(c["scorer"], {}).get("plugin") or c["scorer"].split("[")[0]
+        out.append({**c, "plugin": plugin, "metrics": own})
+    return out
+
+
+# -- leaderboard -------------------------------------------------------------------------------------
+def _leaderboard(columns: list[str], rows: list[dict], cells: list[dict]) -> str:
+    if not rows:
+        return '<p class="empty">No results in this store yet.</p>'
+    groups: dict[str, list[str]] = {}
+    for column in columns:
+        groups.setdefault(split_column(column)[0], []).append(column)
+    ordered = ID_COLUMNS + [c for cols in groups.values() for c in cols]
+    top = "".join(f'<th rowspan="2" data-col="{i}" tabindex="0">{esc(c)}</th>' for i, c in enumerate(ID_COLUMNS))
+    top += "".join(f'<th class="group" colspan="{len(cols)}">{esc(g)}</th>' for g, cols in groups.items())
+    second = "".join(
+        f'<th data-col="{i}" data-type="num" tabindex="0" title="{esc(c)}">{esc(split_column(c)[1])}</th>'
+        for i, c in enumerate(ordered)
+        if i >= len(ID_COLUMNS)
+    )
+    body = "".join("<tr>" + "".join(_cell(r.get(c)) for c in ordered) + "</tr>" for r in rows)
+    out = (
+        f'<div class="scroll"><table class="sortable" id="leaderboard-table"><thead><tr>{top}</tr><tr>{second}</tr>'
+        f'</thead><tbody>{body}</tbody></table></div><p class="note">Click a column header to sort; '
+        "click again to reverse. Empty cells: not computed.</p>"
+    )
+    failed = [c for c in cells if c["status"] == "failed"]
+    if failed:
+        items = "".join(
+            f'<li>{esc(c["sae"])} × {esc(c["scorer"])}: <span class="error">{esc(c["error"])}</span></li>'
+            for c in failed
+        )
+        out += f"<details><summary>{len(failed)} failed cell(s)</summary><ul>{items}</ul></details>"
+    return out
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        key = repr(float(value)) if math.isfinite(value) else ("Infinity" if value > 0 else "-Infinity")
+        return f'<td class="num" data-sort="{esc(key)}">{esc(fmt(value))}</td>'
+    return f'<td data-sort="{esc("" if value is None else value)}">{esc("" if value is None else value)}</td>'
+
+
+# -- latent cards ------------------------------------------------------------------------------------
+def _latent_cards(store: ResultsStore, details: list[dict], limit: int) -> str:
+    by_sae: dict[tuple, dict[int, dict[str, dict]]] = {}
+    for r in store.latent_rows():
+        by_sae.setdefault((r["model"], r["hookpoint"], r["sae"]), {}).setdefault(r["latent"], {})[r["scorer"]] = r
+    paths = {
+        (c["model"], c["hookpoint"], c["sae"]): c["details"].get("records")
+        for c in details
+        if c["scorer"].startswith("explain[") and isinstance(c["details"], dict)
+    }
+    parts = []
+    for key, latents in by_sae.items():
+        if not any(s.startswith("explain[") for per in latents.values() for s in per):
+            continue
+        shown = sorted(latents)[: max(limit, 0)]
+        records, note = _records(paths.get(key), shown)
+        parts.append(
+            f"<h3>{esc(key[2])} <small>{esc(key[0])} · {esc(key[1])} · {len(shown)} of {len(latents)} "
+            "explained latents</small></h3>"
+        )
+        if note:
+            parts.append(f'<p class="note">{esc(note)}</p>')
+        parts.append('<div class="cards">' + "".join(_card(j, latents[j], records.get(j)) for j in shown) + "</div>")
+    return "".join(parts) or '<p class="empty">No explained latents in this run.</p>'
+
+
+def _records(path: Any, wanted: Iterable[int]) -> tuple[dict, str | None]:
+    """The records of the ``wanted`` latents from the explain cell's records file, or from its parts
+    (a Ray run splits them), read in order until every wanted latent is found. Examples are data, not
+    metadata: they stay in the cache's records files, and a cleared cache shows cards without them."""
+    paths = [path] if isinstance(path, str) else path if isinstance(path, list) else None
+    if not paths or not all(isinstance(p, str) for p in paths):
+        return {}, "Its explain cell names no latent-records file (computed before reports existed): no examples."
+    found: dict = {}
+    wanted = set(wanted)
+    for p in paths:
+        if not Path(p).is_file():
+            return found, f"The latent-records file {p} is gone (a cleared cache?): examples are not shown."
+        try:
+            found.update((r.latent, r) for r in RecordSet.load(p).records if r.latent in wanted)
+        except SaebenchError as exc:
+            return found, f"{exc}: examples are not shown."
+        if len(found) == len(wanted):
+            break
+    return found, None
+
+
+def _card(latent: int, per_scorer: dict[str, dict], record: Any) -> str:
+    out = [f'<article class="card"><h4>latent {esc(latent)}</h4>']
+    if record is not None:
+        out.append(
+            f'<p class="note">max activation {esc(fmt(record.max_activation))} · density '
+            f"{esc(fmt(record.density))} · {esc(record.n_activating)} activating windows</p>"
+        )
+    for scorer, row in sorted(per_scorer.items(), key=lambda kv: not kv[0].startswith("explain[")):
+        result = json.loads(row["result"]) if row["result"] else {}
+        if row["status"] == "failed":
+            text = f'<span class="error">failed: {esc(row["error"])}</span>'
+        elif scorer.startswith("explain["):
+            text = (
+                esc(result["text"])
+                if result.get("text")
+                else f'<span class="error">no explanation: {esc(result.get("failure"))}</span>'
+            )
+        else:
+            text = " · ".join(f"{esc(k)} {esc(fmt(v))}" for k, v in (result.get("metrics") or {}).items())
+        out.append(f"<p><b>{esc(scorer)}</b> {text}</p>")
+    if record is not None:
+        unique = {e.window: e for e in record.train + record.test}.values()
+        top = sorted(unique, key=lambda e: -e.max_activation)[:EXAMPLES_PER_LATENT]
+        scale = max((e.max_activation for e in top), default=0.0) or 1.0
+        out.extend(f'<div class="ex">{_tokens(e.tokens, e.activations, scale)}</div>' for e in top)
+    return "".join(out) + "</article>"
+
+
+def _tokens(tokens: list[str], activations: list[float], scale: float) -> str:
+    spans = []
+    for token, act in zip(tokens, activations):
+        if act > 0:
+            alpha = min(act / scale, 1.0)
+            spans.append(
+                f'<span class="tok" style="background:rgba(230,85,13,{alpha:.2f})" '
+                f'title="{esc(fmt(act))}">{esc(token)}</span>'
+            )
+        else:
+            spans.append(esc(token))
+    return "".join(spans)
+
+
+# -- configuration -----------------------------------------------------------------------------------
+def _config(runs: list[dict]) -> str:
+    if not runs:
+        return '<p class="empty">No run recorded.</p>'
+    import yaml
+
+    last = runs[-1]
+    run_id, seed = last["run_id"], last["seed"]
+    text = yaml.safe_dump(
+        last["matrix"], sort_keys=False, allow_unicode=True, width=float("inf")
+    )  # a folded line would split a value the reader searches for
+    version_rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in last["versions"].items())
+    run_rows = "".join(
+        f"<tr><td>{esc(r['run_id'])}</td><td>{esc(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['started'])))}</td>"
+        f"<td>{esc(fmt(r['finished'] - r['started']) + ' s' if r['finished'] else '')}</td><td>{esc(r['status'])}</td></tr>"
+        for r in runs
+    )
+    return (
+        f"<h3>Matrix of run {esc(run_id)} (seed {esc(seed)})</h3><pre>{esc(text)}</pre>"
+        f"<h3>Versions</h3><table>{version_rows}</table>"
+        f"<h3>Runs</h3><table><thead><tr><th>run</th><th>started</th><th>took</th><th>status</th></tr></thead>"
+        f"<tbody>{run_rows}</tbody></table>"
+    )

@@ -1,0 +1,138 @@
+"""The activation cache: activations at one hook point for one set of contexts, on disk.
+
+A cache folder holds ``contexts.safetensors`` (the token ids [n_contexts, T]), shards
+``shard_00000.safetensors`` ... with the activations [tokens, d] of the non-special positions
+(BOS/EOS/PAD removed) in context order, and ``manifest.json``, written last: a folder without a
+manifest is an interrupted write and is rebuilt. Shards bound memory whatever the token count;
+one forward pass fills the caches of every hook point a model needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+FORMAT = 1
+#: floats per shard (64 MiB of fp32)
+SHARD_ELEMENTS = 2**24
+
+
+def cache_key(**fields: Any) -> str:
+    """A short stable hash of what determines a cache's content."""
+    blob = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+class ActivationCache:
+    """A complete cache folder (see the module docstring)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.manifest = json.loads((self.folder / "manifest.json").read_text())
+        self.n_tokens: int = self.manifest["n_tokens"]
+        self.d: int = self.manifest["d"]
+
+    @staticmethod
+    def exists(folder: Path) -> bool:
+        return (Path(folder) / "manifest.json").is_file()
+
+    def tokens(self) -> Tensor:
+        return load_file(str(self.folder / "contexts.safetensors"))["tokens"]
+
+    def batches(self, batch_tokens: int, max_tokens: int | None = None) -> Iterator[Tensor]:
+        """Batches [≤ batch_tokens, d] in cache order; every batch is full except possibly the last."""
+        budget = self.n_tokens if max_tokens is None else min(max_tokens, self.n_tokens)
+        carry: Tensor | None = None
+        for shard in self.manifest["shards"]:
+            if budget <= 0:
+                break
+            acts = load_file(str(self.folder / shard["file"]))["acts"][:budget]
+            budget -= acts.shape[0]
+            if carry is not None:
+                acts = torch.cat([carry, acts])
+            full = acts.shape[0] // batch_tokens * batch_tokens
+            for start in range(0, full, batch_tokens):
+                yield acts[start : start + batch_tokens]
+            carry = acts[full:] if full < acts.shape[0] else None
+        if carry is not None and carry.shape[0]:
+            yield carry
+
+
+class _ShardWriter:
+    def __init__(self, folder: Path, d: int):
+        self.folder, self.d = folder, d
+        self.rows = max(1, SHARD_ELEMENTS // d)
+        self.buffer: list[Tensor] = []
+        self.buffered = 0
+        self.shards: list[dict[str, Any]] = []
+
+    def add(self, acts: Tensor) -> None:
+        self.buffer.append(acts)
+        self.buffered += acts.shape[0]
+        while self.buffered >= self.rows:
+            joined = torch.cat(self.buffer)
+            self._write(joined[: self.rows])
+            rest = joined[self.rows :]
+            self.buffer, self.buffered = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+
+    def close(self) -> None:
+        if self.buffered:
+            self._write(torch.cat(self.buffer))
+        self.buffer, self.buffered = [], 0
+
+    def _write(self, acts: Tensor) -> None:
+        name = f"shard_{len(self.shards):05d}.safetensors"
+        save_file({"acts": acts.contiguous()}, str(self.folder / name))
+        self.shards.append({"file": name, "tokens": int(acts.shape[0])})
+
+
+def build_caches(
+    adapter: Any,
+    contexts: Tensor,
+    folders: dict[str, Path],
+    *,
+    batch_contexts: int = 8,
+    describe: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, ActivationCache]:
+    """One pass of ``adapter`` over ``contexts`` filling a cache folder per hook point in ``folders``."""
+    hookpoints: Sequence[str] = list(folders)
+    tmp = {h: f.with_name(f.name + ".partial") for h, f in folders.items()}
+    for folder in tmp.values():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    writers = {h: _ShardWriter(tmp[h], adapter.d_model(h)) for h in hookpoints}
+    for start in range(0, contexts.shape[0], batch_contexts):
+        batch = contexts[start : start + batch_contexts]
+        keep = ~adapter.special_mask(batch)
+        captured = adapter.capture(batch, hookpoints)
+        for h in hookpoints:
+            writers[h].add(captured[h][keep].float())
+        if progress is not None:
+            progress(int(batch.numel()))
+    caches = {}
+    for h in hookpoints:
+        writers[h].close()
+        save_file({"tokens": contexts.contiguous()}, str(tmp[h] / "contexts.safetensors"))
+        manifest = {
+            "format": FORMAT,
+            "hookpoint": h,
+            "n_tokens": sum(s["tokens"] for s in writers[h].shards),
+            "d": writers[h].d,
+            "shards": writers[h].shards,
+            "n_contexts": int(contexts.shape[0]),
+            "describe": describe or {},
+        }
+        (tmp[h] / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        shutil.rmtree(folders[h], ignore_errors=True)
+        tmp[h].rename(folders[h])
+        caches[h] = ActivationCache(folders[h])
+    return caches

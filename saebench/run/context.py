@@ -1,0 +1,192 @@
+"""The run context: what stages compute with besides the store.
+
+It holds the plan and the built components, and loads what is expensive once per process:
+models (adapters), tokenised contexts, SAEs, activation caches and probe data. Stages receive it
+explicitly; it never writes results (stages write through the ``Results`` they are given).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from saebench import plugin_manager
+from saebench.errors import ConfigError, SaebenchError
+from saebench.interfaces import ModelAdapter
+from saebench.loading import load_sae
+from saebench.probes.tasks import PROBE_FORMAT, ProbeData, build_probe_data
+from saebench.run.activations import ActivationCache, cache_key
+from saebench.run.components import Components
+from saebench.run.data import make_contexts
+from saebench.run.plan import Cell, Plan, SAEEntry
+from saebench.run.progress import Progress
+from saebench.sae import SAE
+
+TRAINED_MARKER = "trained.json"
+T = TypeVar("T")
+
+
+class RunContext:
+    def __init__(self, plan: Plan, components: Components, progress: Progress | None = None):
+        self.plan = plan
+        self.components = components
+        self.progress = progress or Progress()
+        self.adapters: dict[str, ModelAdapter] = {}
+        self.contexts: dict[str, torch.Tensor] = {}
+        self.loaded: dict[str, SAE] = {}  # checkpoints loaded by the checks, handed to their cells
+        self.probe_memo: dict[Path, ProbeData] = {}
+        self._last: dict[str, tuple[Any, Any]] = {}
+
+    @property
+    def seed(self) -> int:
+        return self.plan.matrix.seed
+
+    def where(self, key: str) -> str:
+        return f"{self.plan.source}: {key}"
+
+    # -- components of a cell ------------------------------------------------------------------
+    def component(self, cell: Cell) -> Any:
+        """The scorer of a cell, or the explainer of an explain cell."""
+        if cell.kind == "explain":
+            return self.components.explainers[cell.component][1]
+        return self.components.scorers[cell.component]
+
+    def llm(self, cell: Cell) -> Any:
+        return self.components.llms.get(cell.llm) if cell.llm else None
+
+    # -- models and data -------------------------------------------------------------------------
+    def adapter(self, name: str) -> ModelAdapter:
+        if name not in self.adapters:
+            spec = self.plan.models[name]
+            cls = plugin_manager.get("model_adapter", spec.adapter)
+            where = self.where(f"models[{list(self.plan.models).index(name)}]")
+            with self.progress.status(f"loading model {name} ({spec.path})"):
+                try:
+                    self.adapters[name] = cls(spec.path, **spec.options)
+                except SaebenchError as exc:  # the adapter names its option or path; add the matrix key
+                    raise exc.inside(where) from None
+                except TypeError as exc:  # an adapter without its own check of unknown options
+                    raise ConfigError(str(exc), f"{where}.options") from None
+            missing = [h for h in spec.hookpoints if h not in self.adapters[name].hookpoints()]
+            if missing:
+                raise ConfigError(f"model {name!r} has no hook point {missing[0]!r}", f"{where}.hookpoints")
+        return self.adapters[name]
+
+    def model_contexts(self, name: str, n_contexts: int) -> torch.Tensor:
+        """The first ``n_contexts`` contexts of the data stream for this model's tokenizer."""
+        have = self.contexts.get(name)
+        if have is None or have.shape[0] < n_contexts:
+            data = self.plan.matrix.data
+            adapter = self.adapter(name)
+            try:  # the data source's options and texts: errors name their key (data.paths...) in the matrix file
+                source = plugin_manager.get("data_source", data.source)(**data.options)
+                with self.progress.status(f"tokenising {n_contexts * data.context_length:,} tokens for {name}"):
+                    self.contexts[name] = make_contexts(
+                        adapter, source, data.context_length, n_contexts * data.context_length
+                    )
+            except SaebenchError as exc:
+                where = exc.where if exc.where and exc.where.split(".")[0] == "data" else "data"
+                raise type(exc)(exc.problem, self.where(where)) from None
+            except TypeError as exc:  # a data source without its own check of unknown options
+                raise ConfigError(str(exc), self.where("data")) from None
+        return self.contexts[name][:n_contexts]
+
+    def eval_cache(self, sae: str) -> ActivationCache:
+        return ActivationCache(self.plan.saes[sae].eval_cache)
+
+    def probe_data(self, model: str, hookpoint: str, task: Any, *, context_length: int, max_rows: int) -> ProbeData:
+        """A probe task's activations at one hook point: from the cache, or one forward pass that fills
+        the cache of every hook point of ``model`` that this run scores."""
+        key = cache_key(
+            part="probe",
+            format=PROBE_FORMAT,
+            model=self.plan.model_desc(model),
+            task=task.identity(),
+            context_length=context_length,
+            max_rows=max_rows,
+            seed=self.seed,
+        )
+        folder_of = lambda h: self.plan.cache_dir / "probes" / f"{model}-{h}-{task.name}-{key}"  # noqa: E731
+        folder = folder_of(hookpoint)
+        if folder not in self.probe_memo:
+            if not ProbeData.exists(folder):
+                hooks = sorted(
+                    {e.spec.hookpoint for e in self.plan.saes.values() if e.spec.model == model} | {hookpoint}
+                )
+                with self.progress.bar(f"probe data {task.name} ({model})", total=None, unit="text") as bar:
+                    built = build_probe_data(
+                        self.adapter(model),
+                        task,
+                        hooks,
+                        context_length=context_length,
+                        max_rows=max_rows,
+                        seed=self.seed,
+                        progress=bar.update,
+                    )
+                for h, data in built.items():
+                    data.save(folder_of(h))
+            self.probe_memo[folder] = ProbeData.load(folder)
+        return self.probe_memo[folder]
+
+    def last(self, kind: str, key: Any, make: Callable[[], T]) -> T:
+        """The last ``kind`` this context made (an SAE, a latent-records file), kept for the next stage that
+        asks for the same ``key``: a 1M-latent SAE is not loaded once per stage. The previous one is freed first."""
+        if kind not in self._last or self._last[kind][0] != key:
+            self._last.pop(kind, None)
+            self._last[kind] = (key, make())
+        return self._last[kind][1]
+
+    def sae(self, name: str) -> SAE:
+        """The SAE ``name``, loaded once for the consecutive stages that use it."""
+        return self.last("sae", name, lambda: self.load_sae(name))
+
+    # -- SAEs ------------------------------------------------------------------------------------
+    def trained(self, entry: SAEEntry) -> bool:
+        """Whether a ``train:`` SAE is saved with the training configuration it has now."""
+        assert entry.folder is not None
+        marker = entry.folder / TRAINED_MARKER
+        return marker.is_file() and json.loads(marker.read_text()).get("hash") == entry.train_hash
+
+    def untrained(self) -> list[SAEEntry]:
+        return [e for e in self.plan.saes.values() if e.folder is not None and not self.trained(e)]
+
+    def load_sae(self, sae: str, keep: bool = False) -> SAE:
+        """An SAE of the matrix: its checkpoint, or the folder it was trained into. One the checks loaded
+        is handed over (and forgotten) unless ``keep``."""
+        if sae in self.loaded:
+            return self.loaded[sae] if keep else self.loaded.pop(sae)
+        entry = self.plan.saes[sae]
+        spec = entry.spec
+        loaded = (
+            load_sae(spec.path, spec.format, allow_pickle=spec.allow_pickle)
+            if spec.path is not None
+            else load_sae(entry.folder, "native")
+        )
+        if keep:
+            self.loaded[sae] = loaded
+        return loaded
+
+    def hook_width(self, entry: SAEEntry) -> int:
+        """Width of an SAE's hook point: from its activation cache, else from the loaded model."""
+        if ActivationCache.exists(entry.eval_cache):
+            return ActivationCache(entry.eval_cache).d
+        return self.adapter(entry.spec.model).d_model(entry.spec.hookpoint)
+
+    def d_sae(self, sae: str) -> int:
+        entry = self.plan.saes[sae]
+        if entry.spec.path is None:
+            return int(entry.spec.train["d_sae"])
+        return (self.loaded[sae] if sae in self.loaded else self.load_sae(sae)).cfg.d_sae
+
+
+def memory_bytes() -> int | None:
+    """Physical memory of this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -1,0 +1,320 @@
+"""The matrix file: models × hook points × SAEs × scorers, validated with errors that name the key.
+
+Every problem a user can put in the file (bad YAML, a wrong type, an unknown plugin name, an SAE
+bound to a model or hook point the matrix does not declare, a missing checkpoint) is raised as a
+ConfigError whose ``where`` is ``FILE: key.path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from saebench import plugin_manager
+from saebench.errors import ConfigError, PluginError, validation_error
+from saebench.interp.records import RecordConfig
+from saebench.training import TrainConfig
+
+
+class DataSpec(BaseModel):
+    """Where the text comes from and how much of it: ``tokens`` evaluation tokens in contexts of ``context_length``."""
+
+    model_config = ConfigDict(extra="allow")  # the rest are the data source's own options
+
+    source: str = "python-stdlib"
+    tokens: PositiveInt = 20000
+    context_length: int = Field(128, ge=2)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    adapter: str = "hf-causal-lm"
+    path: str
+    hookpoints: list[str] = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="adapter options: device, dtype...")
+
+
+class SAESpec(BaseModel):
+    """An SAE to evaluate: a checkpoint (``path``, any loader format) or one to train (``train``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model: str
+    hookpoint: str
+    path: str | None = None
+    format: str = "auto"
+    allow_pickle: bool = False
+    train: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SAESpec:
+        if (self.path is None) == (self.train is None):
+            raise ValueError("give exactly one of 'path' (a checkpoint) or 'train' (a training config)")
+        return self
+
+
+class ScorerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    llm: str | None = Field(None, description="key of ``llms`` for scorers that call an LLM (default: see resolve_llm)")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExplainerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    llm: str | None = Field(None, description="key of ``llms`` (default: see resolve_llm)")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LLMSpec(BaseModel):
+    """An LLM endpoint: ``client`` names the plugin, every other key is that client's option."""
+
+    model_config = ConfigDict(extra="allow")
+
+    client: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class StageResources(BaseModel):
+    """What one Ray task of a stage asks the cluster for (Ray's own resource names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(1, ge=0, description="also the task's torch threads")
+    num_gpus: float = Field(0, ge=0, description="give model stages a GPU (and the model options.device: cuda)")
+    memory: int | None = Field(None, ge=0, description="bytes of RAM to reserve")
+
+
+#: the stages the Ray executor fans out (saebench.ray_executor)
+RAY_STAGES = ("activations", "train", "records", "latents", "cells")
+
+
+class RaySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field("auto", description="auto: the running cluster; local: start one here; or HOST:PORT")
+    resources: dict[Literal[RAY_STAGES], StageResources] = Field(default_factory=dict)  # type: ignore[valid-type]
+    latents_per_task: PositiveInt = Field(64, description="latents per interpretability task")
+    latents_per_records_task: PositiveInt = Field(
+        16384, description="latents per latent-records task when interp.latents is a list or all (a sample: one task)"
+    )
+    max_retries: int = Field(3, ge=0, description="retries of a task whose worker died")
+
+    def stage(self, name: str) -> StageResources:
+        return self.resources.get(name, StageResources())  # type: ignore[call-overload]
+
+
+class RayExecutor(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ray: RaySpec = Field(default_factory=RaySpec)
+
+
+class Matrix(BaseModel):
+    """One evaluation: every SAE is scored by every scorer on its model's hook point."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    output: str
+    seed: int = 0
+    cache_dir: str | None = Field(None, description="activation cache; default OUTPUT/cache (share it across matrices)")
+    data: DataSpec = Field(default_factory=DataSpec)
+    models: list[ModelSpec] = Field(min_length=1)
+    saes: list[SAESpec] = Field(min_length=1)
+    scorers: list[ScorerSpec] = Field(default_factory=list, description="none: only train the SAEs")
+    llms: dict[str, LLMSpec] = Field(default_factory=dict, description="named LLM endpoints for explainers and judges")
+    explainers: list[ExplainerSpec] = Field(
+        default_factory=list, description="default: [top-tokens] when an interp scorer is set"
+    )
+    interp: dict[str, Any] = Field(
+        default_factory=dict, description="which latents and examples (saebench.interp.records.RecordConfig)"
+    )
+    executor: str | dict[str, Any] = Field("local", description="local, or {ray: {address: auto}} (see RaySpec)")
+
+    @property
+    def ray(self) -> RaySpec | None:
+        """The Ray executor's settings; None for the local executor."""
+        return None if self.executor == "local" else RayExecutor.model_validate(self.executor).ray
+
+    @field_validator("scorers", "explainers", mode="before")
+    @classmethod
+    def _short_names(cls, v: Any) -> Any:
+        return [{"name": s} if isinstance(s, str) else s for s in v] if isinstance(v, list) else v
+
+
+#: the component kinds that may name an LLM, and the ``llms`` key each uses when it names none
+DEFAULT_LLM = {"explainer": "explainer", "scorer": "judge"}
+
+
+def resolve_llm(m: Matrix, kind: str, given: str | None, where: str) -> str:
+    """The ``llms`` key a component uses: the one it names; else ``explainer`` (explainers) or ``judge``
+    (scorers) when defined; else the only one defined. ConfigError otherwise."""
+    if given is not None:
+        if given not in m.llms:
+            known = ", ".join(m.llms) or "none defined"
+            raise ConfigError(f"unknown llm {given!r}; llms: {known}", f"{where}.llm")
+        return given
+    if DEFAULT_LLM[kind] in m.llms:
+        return DEFAULT_LLM[kind]
+    if len(m.llms) == 1:
+        return next(iter(m.llms))
+    if not m.llms:
+        raise ConfigError("needs an LLM: add an 'llms:' section and name one with 'llm: NAME'", where)
+    raise ConfigError(f"needs an LLM: name one of {', '.join(m.llms)} with 'llm: NAME'", where)
+
+
+def interp_scorers(m: Matrix) -> list[ScorerSpec]:
+    registry = plugin_manager.get_registry()
+    return [s for s in m.scorers if getattr(registry.get("scorer", s.name), "family", "") == "interp"]
+
+
+def effective_explainers(m: Matrix) -> list[ExplainerSpec]:
+    """The explainers of the matrix; [top-tokens] when interpretability scorers are set and none is."""
+    if m.explainers or not interp_scorers(m):
+        return list(m.explainers)
+    return [ExplainerSpec(name="top-tokens")]
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    """Parse and check a matrix file. Relative paths in it (output, checkpoints, globs) are relative
+    to the current working directory, as with any command-line tool."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("no such matrix file", path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"invalid YAML{at}: {getattr(exc, 'problem', None) or exc}", path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a text file", path) from None
+    if raw is None:
+        raise ConfigError("the matrix file is empty", path)
+    return parse_matrix(raw, path)
+
+
+def parse_matrix(raw: Any, where: str | Path) -> Matrix:
+    """A checked Matrix from parsed YAML (or a dict built in code); ``where`` names it in errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(raw).__name__}", where)
+    try:
+        matrix = Matrix.model_validate(raw)  # not Matrix(**raw): YAML keys need not be strings
+    except ValidationError as exc:
+        raise validation_error(exc, where) from None
+    check_matrix(matrix, where)
+    return matrix
+
+
+def check_matrix(m: Matrix, path: str | Path) -> None:
+    """Cross-references and plugin names, checked before any work starts."""
+    for items, what in ((m.models, "model"), (m.saes, "sae"), (m.scorers, "scorer")):
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.name in seen:
+                raise ConfigError(f"duplicate {what} name {item.name!r}", f"{path}: {what}s[{i}].name")
+            seen.add(item.name)
+    _plugin("data_source", m.data.source, path, "data.source")
+    for i, mod in enumerate(m.models):
+        _plugin("model_adapter", mod.adapter, path, f"models[{i}].adapter")
+    for i, s in enumerate(m.scorers):
+        _plugin("scorer", s.name, path, f"scorers[{i}].name")
+    models = {mod.name: mod for mod in m.models}
+    for i, sae in enumerate(m.saes):
+        where = f"saes[{i}]"
+        if sae.model not in models:
+            raise ConfigError(f"unknown model {sae.model!r}; models: {', '.join(models)}", f"{path}: {where}.model")
+        if sae.hookpoint not in models[sae.model].hookpoints:
+            raise ConfigError(
+                f"hook point {sae.hookpoint!r} is not among model {sae.model!r}'s hookpoints "
+                f"({', '.join(models[sae.model].hookpoints)})",
+                f"{path}: {where}.hookpoint",
+            )
+        _check_source(sae, path, where)
+    check_interp(m, path)
+    if isinstance(m.executor, str) and m.executor != "local":
+        raise ConfigError(
+            f"unknown executor {m.executor!r}; use local or {{ray: {{address: auto}}}}", f"{path}: executor"
+        )
+    if m.executor != "local":
+        try:
+            RayExecutor.model_validate(m.executor)
+        except ValidationError as exc:
+            raise validation_error(exc, f"{path}: executor") from None
+
+
+def _plugin(kind: str, name: str, path: str | Path, where: str) -> None:
+    try:
+        plugin_manager.get(kind, name)
+    except PluginError as exc:
+        raise ConfigError(exc.problem, f"{path}: {where}") from None
+
+
+def _check_source(sae: SAESpec, path: str | Path, where: str) -> None:
+    """A checkpoint that exists in a known format, or a training block that validates."""
+    if sae.path is not None:
+        try:
+            exists = Path(sae.path).exists()
+        except (OSError, ValueError) as exc:  # a name too long for the file system, say
+            problem = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(
+                f"cannot use checkpoint path {sae.path[:200]!r}: {problem}", f"{path}: {where}.path"
+            ) from None
+        if not exists:
+            raise ConfigError(f"no such checkpoint {sae.path!r}", f"{path}: {where}.path")
+        if sae.format != "auto":
+            _plugin("loader", sae.format, path, f"{where}.format")
+        return
+    arch = (sae.train or {}).get("arch")
+    if not isinstance(arch, str):
+        raise ConfigError("a train block needs 'arch'", f"{path}: {where}.train.arch")
+    _plugin("architecture", arch, path, f"{where}.train.arch")
+    TrainConfig.from_mapping(sae.train, f"{path}: {where}.train")
+
+
+def check_interp(m: Matrix, path: str | Path) -> None:
+    """LLM clients, explainers, interp scorers and the ``interp`` options: names, references, options."""
+    registry = plugin_manager.get_registry()
+    for key, spec in m.llms.items():
+        _plugin("llm_client", spec.client, path, f"llms.{key}.client")
+    for i, e in enumerate(m.explainers):
+        _plugin("explainer", e.name, path, f"explainers[{i}].name")
+        if registry.get("explainer", e.name).needs_llm:
+            resolve_llm(m, "explainer", e.llm, f"{path}: explainers[{i}]")
+    names = [e.name for e in m.explainers]
+    if len(set(names)) != len(names):
+        raise ConfigError("each explainer may appear once", f"{path}: explainers")
+    interp = {s.name for s in interp_scorers(m)}
+    for i, s in enumerate(m.scorers):
+        if s.name in interp and getattr(registry.get("scorer", s.name), "needs_llm", False):
+            resolve_llm(m, "scorer", s.llm, f"{path}: scorers[{i}]")
+        elif s.llm is not None:
+            raise ConfigError(f"scorer {s.name!r} does not use an LLM", f"{path}: scorers[{i}].llm")
+    naming = [s for s in m.scorers if getattr(registry.get("scorer", s.name), "uses_explanations", False)]
+    if m.explainers and not interp and not naming:
+        raise ConfigError(
+            "explainers are set but no scorer uses them "
+            "(add e.g. detection, fuzzing, embedding or treeprobe to scorers)",
+            f"{path}: explainers",
+        )
+    try:
+        RecordConfig(**m.interp)
+    except ValidationError as exc:
+        raise validation_error(exc, f"{path}: interp") from None

@@ -1,0 +1,277 @@
+"""The plan: a matrix resolved into typed cells and a stage graph, pure data, with the hashes that key every result.
+
+A cell is (model, hook point, SAE, scorer) and its configuration hash covers everything that
+determines its result (model, data, the SAE's identity, the scorer and its options and version,
+the LLM it calls...): the store skips a cell whose finished row has the same hash, so an
+interrupted run resumes where it stopped and a changed cell is recomputed alone. Stages are the
+shared work cells need, each computed once and cached by a key of its inputs:
+
+    activations(model) ─▶ train(sae) ─▶ records(sae) ─▶ latents(sae) ─▶ cells(sae)
+
+Building the plan constructs no model and reads no checkpoint: only the matrix, the plugins'
+options (:class:`Components`) and file fingerprints. Executors decide where its stages run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import saebench
+from saebench import plugin_manager
+from saebench.interp.records import RecordConfig
+from saebench.run.activations import cache_key
+from saebench.run.components import Components
+from saebench.run.matrix import Matrix, ModelSpec, SAESpec
+from saebench.run.store import CellKey
+
+CellKind = Literal["intrinsic", "probe", "explain", "interp"]
+StageKind = Literal["activations", "train", "records", "latents", "cells"]
+#: the stage kinds, in the order every executor runs them
+STAGE_KINDS: tuple[StageKind, ...] = ("activations", "train", "records", "latents", "cells")
+LATENT_KINDS = ("explain", "interp")
+
+
+def config_hash(obj: Any) -> str:
+    """The short stable hash of a JSON-able configuration (cells, trained SAEs)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def fingerprint(path: str) -> str:
+    """Cheap identity of a model or checkpoint on disk (names, sizes, mtimes), or the string itself."""
+    p = Path(path)
+    try:
+        if not p.exists():
+            return path  # a hub id or an embedded:NAME
+    except OSError:  # not a usable file name (too long...): the adapter reports it when loading
+        return path
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())
+    return config_hash([(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files])
+
+
+def versions() -> dict[str, str]:
+    """What a run records of the software that produced it."""
+    import torch
+    import transformers
+
+    out = {
+        "saebench": saebench.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+    for info in plugin_manager.get_registry().all():
+        if info.source != plugin_manager.BUILT_IN:
+            out[info.source] = info.version
+    return out
+
+
+@dataclass(frozen=True)
+class SAEEntry:
+    """One SAE of the matrix as the plan resolves it: where it comes from and where its inputs live."""
+
+    index: int  # position in the matrix's ``saes``, for error locations
+    spec: SAESpec
+    identity: dict[str, Any]  # the cells' "sae": path, format and fingerprint; or train and train_hash
+    eval_cache: Path
+    train_hash: str | None = None
+    folder: Path | None = None  # where a trained SAE is saved
+    train_cache: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One result the run computes: a scorer's (or, for ``explain``, an explainer's) on one SAE."""
+
+    key: CellKey
+    sae: str
+    kind: CellKind
+    plugin: str  # the registered name of its scorer, or of its explainer for an explain cell
+    component: int  # index of its scorer in Components.scorers, or of its explainer in Components.explainers
+    config: dict[str, Any]
+    config_hash: str
+    explainer: str | None = None  # explain and interp cells: the explainer whose explanations they hold or score
+    llm: str | None = None  # the ``llms`` key of the client it calls
+
+    def row(self, run_id: int, seconds: float, **outcome: Any) -> dict[str, Any]:
+        """What ``Results.write_cell`` stores for this cell: its hash and configuration, with ``metrics``
+        and ``details``, or an ``error``."""
+        return {"config_hash": self.config_hash, "config": self.config, "run_id": run_id, "seconds": seconds, **outcome}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A unit of shared work: ``kind`` for one model or SAE (``key``), after the stages in ``after``."""
+
+    kind: StageKind
+    key: str
+    after: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Plan:
+    matrix: Matrix
+    source: str  # the matrix file, for error locations
+    output: Path
+    cache_dir: Path
+    record_config: RecordConfig
+    saes: dict[str, SAEEntry] = field(default_factory=dict)
+    cells: list[Cell] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
+
+    @property
+    def models(self) -> dict[str, ModelSpec]:
+        return {m.name: m for m in self.matrix.models}
+
+    def cells_of(self, sae: str, kinds: tuple[str, ...] | None = None) -> list[Cell]:
+        return [c for c in self.cells if c.sae == sae and (kinds is None or c.kind in kinds)]
+
+    def cell(self, key: CellKey) -> Cell | None:
+        return next((c for c in self.cells if c.key == key), None)
+
+    def n_eval_contexts(self) -> int:
+        return math.ceil(self.matrix.data.tokens / self.matrix.data.context_length)
+
+    def model_desc(self, model: str) -> dict[str, Any]:
+        spec = self.models[model]
+        return {
+            "adapter": spec.adapter,
+            "path": spec.path,
+            "options": spec.options,
+            "fingerprint": fingerprint(spec.path),
+        }
+
+    def eval_cache(self, model: str, hookpoint: str) -> Path:
+        key = cache_key(
+            part="eval", model=self.model_desc(model), hookpoint=hookpoint, data=self.matrix.data.model_dump()
+        )
+        return self.cache_dir / f"{model}-{hookpoint}-eval-{key}"
+
+    def train_cache(self, model: str, hookpoint: str, tokens: int) -> Path:
+        key = cache_key(
+            part="train",
+            model=self.model_desc(model),
+            hookpoint=hookpoint,
+            data=self.matrix.data.model_dump(),
+            tokens=tokens,
+        )
+        return self.cache_dir / f"{model}-{hookpoint}-train-{key}"
+
+    def to_json(self) -> dict[str, Any]:
+        """What the store keeps of a run's plan: every cell with its hash and every stage."""
+        return {
+            "cells": [
+                {
+                    "model": c.key.model,
+                    "hookpoint": c.key.hookpoint,
+                    "sae": c.key.sae,
+                    "scorer": c.key.scorer,
+                    "kind": c.kind,
+                    "plugin": c.plugin,
+                    "config_hash": c.config_hash,
+                }
+                for c in self.cells
+            ],
+            "stages": [{"kind": s.kind, "key": s.key, "after": [list(a) for a in s.after]} for s in self.stages],
+            "saes": {
+                n: {"model": e.spec.model, "hookpoint": e.spec.hookpoint, "identity": e.identity}
+                for n, e in self.saes.items()
+            },
+        }
+
+
+def make_plan(matrix: Matrix, source: str, components: Components) -> Plan:
+    """Every cell of the matrix with its configuration hash, and the stages they need."""
+    output = Path(matrix.output)
+    cache_dir = Path(matrix.cache_dir) if matrix.cache_dir else output / "cache"
+    plan = Plan(matrix, source, output, cache_dir, components.record_config)
+    data = matrix.data.model_dump()
+    for index, spec in enumerate(matrix.saes):
+        model = plan.model_desc(spec.model)
+        eval_cache = plan.eval_cache(spec.model, spec.hookpoint)
+        if spec.path is not None:
+            identity = {"path": spec.path, "format": spec.format, "fingerprint": fingerprint(spec.path)}
+            plan.saes[spec.name] = SAEEntry(index, spec, identity, eval_cache)
+        else:
+            train_hash = config_hash(
+                {"model": model, "hookpoint": spec.hookpoint, "data": data, "train": spec.train, "seed": matrix.seed}
+            )
+            plan.saes[spec.name] = SAEEntry(
+                index,
+                spec,
+                {"train": spec.train, "train_hash": train_hash},
+                eval_cache,
+                train_hash,
+                output / "saes" / spec.name,
+                plan.train_cache(spec.model, spec.hookpoint, int(spec.train["tokens"])),
+            )
+        plan.cells += _cells(plan, plan.saes[spec.name], model, components)
+    plan.stages = _stages(plan)
+    return plan
+
+
+def _cells(plan: Plan, entry: SAEEntry, model: dict[str, Any], components: Components) -> list[Cell]:
+    """The cells of one SAE: one per intrinsic or probe scorer, then per explainer its explain cell and one
+    per interpretability scorer. Each configuration is what the hash covers, as runs have always hashed it."""
+    registry = plugin_manager.get_registry()
+    m, spec = plan.matrix, entry.spec
+    base = {"model": model, "hookpoint": spec.hookpoint, "data": m.data.model_dump(), "sae": entry.identity,
+            "seed": m.seed, "saebench": saebench.__version__}  # fmt: skip
+
+    def cell(label: str, kind: CellKind, plugin: str, component: int, config: dict, **rest: Any) -> Cell:
+        key = CellKey(spec.model, spec.hookpoint, spec.name, label)
+        return Cell(key, spec.name, kind, plugin, component, config, config_hash(config), **rest)
+
+    def scorer_config(i: int) -> dict[str, Any]:
+        name = m.scorers[i].name
+        return {**base, "scorer": m.scorers[i].model_dump(exclude_none=True),
+                "scorer_version": registry.info("scorer", name).version}  # fmt: skip
+
+    cells, interp = [], []
+    for i, (sspec, scorer) in enumerate(zip(m.scorers, components.scorers)):
+        if scorer.family == "interp":
+            interp.append(i)
+            continue
+        config = scorer_config(i)
+        if scorer.uses_explanations:
+            config["rules"] = components.rule_config()
+        cells.append(cell(sspec.name, scorer.family, sspec.name, i, config))
+    for e, (espec, explainer, llm) in enumerate(components.explainers if interp else ()):
+        config = {**base, "interp": plan.record_config.model_dump(), "explainer": espec.model_dump(),
+                  "explainer_version": registry.info("explainer", espec.name).version,
+                  "llm": explainer.llm.identity if explainer.llm else None}  # fmt: skip
+        explain = cell(f"explain[{espec.name}]", "explain", espec.name, e, config, explainer=espec.name, llm=llm)
+        cells.append(explain)
+        for i in interp:
+            name, judge = m.scorers[i].name, components.judges[i]
+            client = components.llms.get(judge) if judge else None
+            config = {**scorer_config(i), "llm": client.identity if client else None,
+                      "explanations": explain.config_hash}  # fmt: skip
+            label = f"{name}[{espec.name}]" if len(components.explainers) > 1 else name
+            cells.append(cell(label, "interp", name, i, config, explainer=espec.name, llm=judge))
+    return cells
+
+
+def _stages(plan: Plan) -> list[Stage]:
+    """The stage graph in the order executors run it: every model's activations, every SAE's training,
+    then per SAE its latent records, latents and cells."""
+    stages = [Stage("activations", m.name) for m in plan.matrix.models]
+    stages += [Stage("train", e.name, (("activations", e.spec.model),)) for e in plan.saes.values() if e.folder]
+    for e in plan.saes.values():
+        before: tuple[tuple[str, str], ...] = (("train", e.name),) if e.folder else (("activations", e.spec.model),)
+        if plan.cells_of(e.name, LATENT_KINDS):
+            stages.append(Stage("records", e.name, before))
+            stages.append(Stage("latents", e.name, (("records", e.name),)))
+            before = (("latents", e.name),)
+        if plan.cells_of(e.name, ("intrinsic", "probe")):
+            stages.append(Stage("cells", e.name, before))
+    return stages

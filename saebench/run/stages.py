@@ -1,0 +1,201 @@
+"""The stages: functions of a RunContext that compute shared work and cells, writing only through ``Results``.
+
+``Work`` says what a run still has to do (its pending cells and untrained SAEs); ``check`` stops
+bad input before any work; then, per stage of the plan that has work, ``activations``, ``train``,
+the records and latents stages (saebench.run.latents) and ``cells``. Every executor calls these
+same functions; it decides only where they run and which ``Results`` they write to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from saebench.errors import ConfigError, SaebenchError, one_line
+from saebench.interfaces import EvalInputs
+from saebench.loading import save_sae
+from saebench.run.activations import ActivationCache, build_caches
+from saebench.run.context import TRAINED_MARKER, RunContext, memory_bytes
+from saebench.run.latents import explain_latents, record_sae
+from saebench.run.plan import LATENT_KINDS, Cell, Stage
+from saebench.run.progress import NO_BAR, Bar
+from saebench.run.recorder import Results
+from saebench.run.store import ResultsStore
+from saebench.training import TrainConfig, train_sae
+
+
+@dataclass
+class Work:
+    """What a run still has to do: the cells without a finished result of their hash, the SAEs to train."""
+
+    pending: list[Cell]
+    untrained: list[str]
+
+    @classmethod
+    def find(cls, ctx: RunContext, store: ResultsStore) -> Work:
+        pending = [
+            c for c in ctx.plan.cells if store.finished_hash(c.key) != c.config_hash or store.has_failed_latents(c.key)
+        ]
+        return cls(pending, [e.name for e in ctx.untrained()])
+
+    def cells(self, sae: str, kinds: tuple[str, ...]) -> list[Cell]:
+        return [c for c in self.pending if c.sae == sae and c.kind in kinds]
+
+    def has(self, ctx: RunContext, stage: Stage) -> bool:
+        if stage.kind == "activations":
+            return any(c.key.model == stage.key for c in self.pending) or any(
+                ctx.plan.saes[s].spec.model == stage.key for s in self.untrained
+            )
+        if stage.kind == "train":
+            return stage.key in self.untrained
+        if stage.kind in ("records", "latents"):
+            return bool(self.cells(stage.key, LATENT_KINDS))
+        return bool(self.cells(stage.key, ("intrinsic", "probe")))
+
+    def stages(self, ctx: RunContext) -> list[Stage]:
+        """The plan's stages that have work, in the plan's order."""
+        return [s for s in ctx.plan.stages if self.has(ctx, s)]
+
+
+def open_run(ctx: RunContext, store: ResultsStore, versions: dict[str, str]) -> int:
+    """Record the run (matrix, versions, plan and what each scorer declares) before its first cell, and
+    point the LLM clients at the shared response cache."""
+    run_id = store.start_run(ctx.plan.matrix.model_dump(mode="json"), versions, ctx.seed)
+    scorers = {}
+    for cell in ctx.plan.cells:
+        component = ctx.component(cell)
+        headline = [dataclasses.asdict(m) for m in component.headline] if cell.kind != "explain" else []
+        scorers[cell.key.scorer] = {"plugin": cell.plugin, "family": cell.kind, "headline": headline}
+    store.write_plan(run_id, ctx.plan.to_json(), scorers)
+    for client in ctx.components.llms.values():
+        client.use_cache(ctx.plan.cache_dir / "llm-responses.sqlite")
+    return run_id
+
+
+def check(ctx: RunContext, work: Work) -> None:
+    """Load each pending checkpoint once (a corrupt file stops the run here) and check its d_in against
+    its hook point's width; refuse SAEs to train that cannot fit in memory and latents that do not exist."""
+    plan = ctx.plan
+    for name in dict.fromkeys(c.sae for c in work.pending if plan.saes[c.sae].spec.path is not None):
+        entry = plan.saes[name]
+        sae = ctx.load_sae(name, keep=True)
+        width = ctx.hook_width(entry)
+        if sae.cfg.d_in != width:
+            raise ConfigError(
+                f"SAE {name!r} has d_in {sae.cfg.d_in} but {entry.spec.model} {entry.spec.hookpoint} has width {width}",
+                ctx.where(f"saes[{entry.index}]"),
+            )
+    for name in work.untrained:
+        # weights, gradients and two Adam moments of W_enc and W_dec: refuse what cannot fit, before any work
+        entry = plan.saes[name]
+        d_sae = int(entry.spec.train.get("d_sae", 0))
+        width = ctx.hook_width(entry)
+        need, have = 2 * width * d_sae * 4 * 4, memory_bytes()
+        if have and need > have:
+            raise ConfigError(
+                f"training a {width}x{d_sae} SAE needs about {need / 2**30:,.0f} GiB for its weights and "
+                f"optimiser state; this machine has {have / 2**30:,.0f} GiB",
+                ctx.where(f"saes[{entry.index}].train.d_sae"),
+            )
+    explicit = plan.record_config.latents if isinstance(plan.record_config.latents, list) else []
+    for name in dict.fromkeys(c.sae for c in work.pending if c.kind in LATENT_KINDS):
+        d_sae = ctx.d_sae(name)
+        bad = [i for i in explicit if not 0 <= i < d_sae]
+        if bad:
+            raise ConfigError(
+                f"latent {bad[0]} does not exist in SAE {name!r} (d_sae {d_sae})", ctx.where("interp.latents")
+            )
+
+
+def activations(ctx: RunContext, model: str, work: Work) -> None:
+    """Fill the model's missing eval and train caches: one forward pass per token set fills every hook point."""
+    plan = ctx.plan
+    hooks = sorted({c.key.hookpoint for c in work.pending if c.key.model == model})
+    missing = {h: plan.eval_cache(model, h) for h in hooks if not ActivationCache.exists(plan.eval_cache(model, h))}
+    by_tokens: dict[int, dict[str, Path]] = {}  # each SAE trains on its own token count
+    for name in work.untrained:
+        entry = plan.saes[name]
+        if entry.spec.model == model and entry.train_cache and not ActivationCache.exists(entry.train_cache):
+            by_tokens.setdefault(int(entry.spec.train["tokens"]), {})[entry.spec.hookpoint] = entry.train_cache
+    if not missing and not by_tokens:
+        return
+    n_eval, T = plan.n_eval_contexts(), plan.matrix.data.context_length
+    ctx.model_contexts(model, n_eval + math.ceil(max(by_tokens, default=0) / T))  # the longest stream, tokenised once
+    if missing:
+        _fill(ctx, model, ctx.model_contexts(model, n_eval), missing, "eval")
+    for tokens, folders in by_tokens.items():
+        _fill(ctx, model, ctx.model_contexts(model, n_eval + math.ceil(tokens / T))[n_eval:], folders, "train")
+
+
+def _fill(ctx: RunContext, model: str, contexts, folders: dict[str, Path], part: str) -> None:
+    with ctx.progress.bar(
+        f"activations {model} {part} [{', '.join(folders)}]", total=int(contexts.numel()), unit="tok"
+    ) as bar:
+        build_caches(
+            ctx.adapter(model), contexts, folders, describe={"model": model, "part": part}, progress=bar.update
+        )
+
+
+def train(ctx: RunContext, name: str) -> None:
+    """Train one SAE on its training cache and save it (native format) with a marker of its training hash."""
+    entry = ctx.plan.saes[name]
+    spec = entry.spec
+    assert entry.folder is not None and entry.train_cache is not None
+    cfg = TrainConfig.from_mapping({"seed": ctx.seed, **spec.train}, ctx.where("saes"))
+    cache = ActivationCache(entry.train_cache)
+    start = time.perf_counter()
+    with ctx.progress.bar(f"train {name} ({cfg.arch}, d_sae {cfg.d_sae})", total=None, unit="step") as bar:
+        trained, stats = train_sae(
+            cfg,
+            lambda: cache.batches(cfg.batch_size),
+            cache.d,
+            hook_name=spec.hookpoint,
+            model_name=ctx.plan.models[spec.model].path,
+            progress=bar.training,
+        )
+    (entry.folder / TRAINED_MARKER).unlink(missing_ok=True)
+    trained.cfg.metadata["training"] = json.loads(stats.model_dump_json())
+    save_sae(trained, entry.folder)
+    marker = {"hash": entry.train_hash, "seconds": time.perf_counter() - start}
+    (entry.folder / TRAINED_MARKER).write_text(json.dumps(marker))
+
+
+def cells(ctx: RunContext, out: Results, run_id: int, name: str, cells: list[Cell], bar: Bar = NO_BAR) -> None:
+    """The intrinsic and probe cells of one SAE (after its latents stage, whose explanations rules reuse).
+
+    A cell that raises is stored with its error and the others still run; bad input (a SaebenchError,
+    a probe task's file, say) stops the run with exit 2, after what is stored."""
+    entry = ctx.plan.saes[name]
+    cache = ctx.eval_cache(name)
+    sae = ctx.sae(name)
+    record_sae(out, ctx, name, sae)
+    tokens = cache.tokens()
+    for cell in cells:
+        start = time.perf_counter()
+        bar.set_description(f"cells: {cell.key.sae} × {cell.key.scorer}")
+        scorer = ctx.component(cell)
+        try:
+            inputs = EvalInputs(
+                hookpoint=cell.key.hookpoint,
+                activations=cache.batches,
+                tokens=tokens,
+                seed=ctx.seed,
+                adapter=ctx.adapter(entry.spec.model) if scorer.needs_model else None,
+                probe_data=partial(ctx.probe_data, entry.spec.model, entry.spec.hookpoint)
+                if cell.kind == "probe"
+                else None,
+                explain=partial(explain_latents, ctx, out, name, sae, cache) if scorer.uses_explanations else None,
+            )
+            result = scorer.score(sae, inputs)
+        except (KeyboardInterrupt, SaebenchError):
+            raise
+        except Exception as exc:  # one cell's failure is recorded; the others still run
+            out.write_cell(cell.key, **cell.row(run_id, time.perf_counter() - start, error=one_line(exc)))
+        else:
+            seconds = time.perf_counter() - start
+            out.write_cell(cell.key, **cell.row(run_id, seconds, metrics=result.metrics, details=result.details))

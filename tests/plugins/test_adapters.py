@@ -1,0 +1,236 @@
+"""The hf-causal-lm adapter against transformers' own forward, on tiny offline models (and Gemma, slow)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import saebench
+from saebench import plugin_manager
+from saebench.plugins.adapters.hf_causal_lm import HFCausalLMAdapter
+from saebench.plugins.data_sources.python_stdlib import PythonStdlibSource
+from saebench.run.data import make_contexts
+from saebench.testing.tiny_model import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("llama"), "llama", n_layers=3, d_model=32)
+
+
+@pytest.fixture(scope="module")
+def llama(llama_dir):
+    return HFCausalLMAdapter(str(llama_dir))
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    return HFCausalLMAdapter(str(make_tiny_model(tmp_path_factory.mktemp("gpt2"), "gpt2", n_layers=3, d_model=32)))
+
+
+def _tokens(adapter, batch=2, seq=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(3, adapter.model.config.vocab_size, (batch, seq), generator=g)
+    t[:, 0] = adapter.bos_token_id
+    return t
+
+
+def _record(module):
+    """A plain forward hook that keeps the module's output (element 0 of a tuple) and counts calls."""
+    seen = []
+
+    def hook(mod, args, output):
+        seen.append((output[0] if isinstance(output, tuple) else output).detach().clone())
+
+    return seen, module.register_forward_hook(hook)
+
+
+def test_registered_as_a_model_adapter():
+    assert plugin_manager.get("model_adapter", "hf-causal-lm") is HFCausalLMAdapter
+
+
+@pytest.mark.parametrize("which", ["llama", "gpt2"])
+def test_hookpoints_are_found_generically(which, request):
+    adapter = request.getfixturevalue(which)
+    hps = adapter.hookpoints()
+    assert hps == [f"layers.{i}{s}" for i in range(3) for s in ("", ".attn", ".mlp")]
+    assert all(adapter.d_model(hp) == 32 for hp in hps)
+    assert (adapter.bos_token_id, adapter.eos_token_id, adapter.pad_token_id) == (2, 1, 0)
+
+
+@pytest.mark.parametrize("which", ["llama", "gpt2"])
+def test_capture_equals_hidden_states_of_a_full_forward(which, request):
+    adapter = request.getfixturevalue(which)
+    tokens = _tokens(adapter)
+    with torch.no_grad():
+        hs = adapter.model(tokens, output_hidden_states=True).hidden_states
+    got = adapter.capture(tokens, ["layers.0", "layers.1"])
+    assert list(got) == ["layers.0", "layers.1"]
+    for i in (0, 1):
+        a = got[f"layers.{i}"]
+        assert a.dtype == torch.float32 and a.device.type == "cpu" and a.shape == (2, 12, 32)
+        torch.testing.assert_close(a, hs[i + 1], rtol=1e-5, atol=1e-6)
+    a.mul_(2)  # a normal tensor, not an inference tensor: callers may work on it in place
+
+
+@pytest.mark.parametrize("which,attn,mlp", [("llama", "self_attn", "mlp"), ("gpt2", "attn", "mlp")])
+def test_sublayer_hookpoints_equal_plain_forward_hooks(which, attn, mlp, request):
+    adapter = request.getfixturevalue(which)
+    tokens = _tokens(adapter, seed=1)
+    block = adapter._find_hookpoints()["layers.1"]
+    seen_attn, h1 = _record(getattr(block, attn))
+    seen_mlp, h2 = _record(getattr(block, mlp))
+    with torch.no_grad():
+        adapter.model(tokens)
+    h1.remove(), h2.remove()
+    got = adapter.capture(tokens, ["layers.1.mlp", "layers.1.attn"])
+    torch.testing.assert_close(got["layers.1.attn"], seen_attn[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got["layers.1.mlp"], seen_mlp[0], rtol=1e-5, atol=1e-6)
+
+
+def test_capture_stops_after_the_deepest_hookpoint(llama):
+    layers = llama.model.model.layers
+    hooks_before = {n: len(m._forward_hooks) for n, m in llama.model.named_modules()}
+    probes = {"layers.2": layers[2], "layers.1.mlp": layers[1].mlp, "lm_head": llama.model.lm_head,
+              "norm": llama.model.model.norm}
+    recs = {k: _record(m) for k, m in probes.items()}
+    try:
+        llama.capture(_tokens(llama), ["layers.0.mlp", "layers.1.attn"])
+        calls = {k: len(seen) for k, (seen, _) in recs.items()}
+        assert calls == {"layers.2": 0, "layers.1.mlp": 0, "lm_head": 0, "norm": 0}
+        llama.capture(_tokens(llama), ["layers.2"])  # the last block: still no final norm, no LM head
+        assert len(recs["layers.2"][0]) == 1 and len(recs["lm_head"][0]) == 0 and len(recs["norm"][0]) == 0
+    finally:
+        for _, h in recs.values():
+            h.remove()
+    # no hook is left behind
+    assert {n: len(m._forward_hooks) for n, m in llama.model.named_modules()} == hooks_before
+
+
+@pytest.mark.parametrize("which", ["llama", "gpt2"])
+def test_logits_with_replacements(which, request):
+    adapter = request.getfixturevalue(which)
+    tokens = _tokens(adapter, seed=2)
+    with torch.no_grad():
+        clean = adapter.model(tokens).logits
+    out = adapter.logits(tokens)
+    assert out.shape == (2, 12, adapter.model.config.vocab_size) and out.dtype == torch.float32
+    torch.testing.assert_close(out, clean, rtol=1e-5, atol=1e-6)
+
+    received = []
+
+    def identity(x):
+        received.append((x.shape, x.dtype, x.device.type))
+        return x
+
+    torch.testing.assert_close(adapter.logits(tokens, replace={"layers.1": identity}), clean, rtol=1e-5, atol=1e-6)
+    assert received == [((2, 12, 32), torch.float32, "cpu")]
+    zeroed = adapter.logits(tokens, replace={"layers.1": torch.zeros_like})
+    assert (zeroed - clean).abs().max() > 1e-4
+    # zeroing the residual after block 1 = running block 2, the final norm and the head on zeros
+    torch.testing.assert_close(zeroed, adapter.logits(tokens, replace={"layers.1": torch.zeros_like,
+                                                                       "layers.0.mlp": lambda x: x * 3}))
+    attn_zeroed = adapter.logits(tokens, replace={"layers.1.attn": torch.zeros_like})
+    assert (attn_zeroed - clean).abs().max() > 1e-5
+    with pytest.raises(saebench.ShapeError, match="layers.1"):
+        adapter.logits(tokens, replace={"layers.1": lambda x: x[:, :1]})
+    torch.testing.assert_close(adapter.logits(tokens), clean, rtol=1e-5, atol=1e-6)  # hooks removed after errors
+
+
+def test_special_mask_marks_bos_eos_pad(llama):
+    tokens = torch.tensor([[2, 5, 1, 7, 0, 9], [2, 1, 1, 3, 4, 0]])
+    expected = torch.tensor([[1, 0, 1, 0, 1, 0], [1, 1, 1, 0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(llama.special_mask(tokens), expected)
+
+
+def test_tokenize_adds_no_special_tokens(llama):
+    ids = llama.tokenize("def f(x):\n    return x")
+    assert ids and not set(ids) & {0, 1, 2}
+    assert llama.tokenizer.decode(ids) == "def f(x):\n    return x"
+
+
+def test_unknown_hookpoint_lists_valid_ones(llama):
+    with pytest.raises(saebench.ConfigError, match=r"'layers\.7'.*layers\.0 \.\. layers\.2.*layers\.0\.attn"):
+        llama.capture(_tokens(llama), ["layers.7"])
+    with pytest.raises(saebench.ConfigError, match="resid_post"):
+        llama.d_model("blocks.1.hook_resid_post")
+
+
+def test_model_id_is_stable_and_follows_the_weights(llama_dir, llama, tmp_path):
+    again = HFCausalLMAdapter(str(llama_dir))
+    assert again.model_id == llama.model_id and str(llama_dir.resolve()) in llama.model_id
+    other = HFCausalLMAdapter(str(make_tiny_model(tmp_path / "m", "llama", seed=1)))
+    assert other.model_id.split("@")[1] != llama.model_id.split("@")[1]
+    bf16 = HFCausalLMAdapter(str(llama_dir), dtype="bfloat16")
+    assert bf16.model_id == llama.model_id + "#bfloat16"
+    acts = bf16.capture(_tokens(bf16), ["layers.1"])["layers.1"]
+    assert acts.dtype == torch.float32
+    assert bf16.logits(_tokens(bf16)).dtype == torch.float32
+
+
+def test_bad_paths_and_options(tmp_path, llama_dir):
+    with pytest.raises(saebench.ConfigError, match="does not exist") as e:
+        HFCausalLMAdapter(str(tmp_path / "nope"))
+    assert str(tmp_path / "nope") in str(e.value)
+    with pytest.raises(saebench.ConfigError, match=str(tmp_path / "x.gguf")):
+        HFCausalLMAdapter(str(tmp_path / "x.gguf"))
+    with pytest.raises(saebench.ConfigError, match="embedded:gemma-3-270m"):
+        HFCausalLMAdapter("embedded:llama-9000")
+    with pytest.raises(saebench.ConfigError, match="'revision'"):
+        HFCausalLMAdapter(str(llama_dir), revision="main")
+    with pytest.raises(saebench.ConfigError, match="dtype"):
+        HFCausalLMAdapter(str(llama_dir), dtype="float8")
+    with pytest.raises(saebench.ConfigError, match="cannot load"):
+        HFCausalLMAdapter(str(tmp_path))  # a folder without a model
+    with pytest.raises(saebench.ConfigError, match="gguf_file"):
+        HFCausalLMAdapter(str(llama_dir), gguf_file="missing.gguf")
+
+
+def test_a_gguf_path_is_split_into_folder_and_file(tmp_path):
+    f = tmp_path / "model.gguf"
+    f.write_bytes(b"GGUF")
+    folder, name, model_id = HFCausalLMAdapter._locate(object.__new__(HFCausalLMAdapter), str(f), None)
+    assert (folder, name) == (str(tmp_path), "model.gguf") and model_id.startswith(str(f.resolve()) + "@")
+
+
+def test_make_contexts_on_the_tiny_model(llama):
+    ctx = make_contexts(llama, PythonStdlibSource(), context_length=16, n_tokens=100)
+    assert ctx.shape == (7, 16) and (ctx[:, 0] == 2).all()
+    acts = llama.capture(ctx, ["layers.2"])["layers.2"]
+    assert acts.shape == (7, 16, 32) and torch.isfinite(acts).all()
+
+
+@pytest.mark.slow
+def test_embedded_gemma_converts_once_then_loads_the_cached_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAEBENCH_CACHE", str(tmp_path))
+    t0 = time.perf_counter()
+    first = HFCausalLMAdapter("embedded:gemma-3-270m")
+    convert_s = time.perf_counter() - t0
+    assert first.converted
+    cached = tmp_path / "models" / "gemma-3-270m"
+    assert (cached / "config.json").is_file() and (cached / "model.safetensors").is_file()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["gemma-3-270m"]  # no staging folder left
+    model_id = first.model_id
+    del first
+
+    t0 = time.perf_counter()
+    gemma = HFCausalLMAdapter("embedded:gemma-3-270m")
+    reload_s = time.perf_counter() - t0
+    print(f"\nembedded gemma-3-270m: convert {convert_s:.1f} s, reload {reload_s:.1f} s")
+    assert not gemma.converted and reload_s < 15
+    assert gemma.model_id == model_id and model_id.startswith("embedded:gemma-3-270m@")
+    layers = [hp for hp in gemma.hookpoints() if hp.count(".") == 1]
+    assert len(layers) == 18 and gemma.d_model("layers.6") == 640
+    assert gemma.bos_token_id == 2
+
+    ctx = make_contexts(gemma, PythonStdlibSource(), context_length=32, n_tokens=64)
+    assert ctx.shape == (2, 32) and (ctx[:, 0] == gemma.bos_token_id).all()
+    assert not gemma.special_mask(ctx)[:, 1:].all()
+    acts = gemma.capture(ctx, ["layers.6"])["layers.6"]
+    assert acts.shape == (2, 32, 640) and acts.dtype == torch.float32
+    norms = acts.norm(dim=-1)
+    body = norms[~gemma.special_mask(ctx)]
+    assert 1000 < body.median() < 20000, body.median()  # residual norms in the thousands at layer 6
+    assert (norms[:, 0] > 5 * body.median()).all()  # BOS is the known huge outlier
