@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from saebench.errors import ConfigError, SaebenchError
+from saebench.errors import ConfigError, Interrupted, SaebenchError
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -269,17 +271,28 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if (
+        threading.current_thread() is threading.main_thread()
+    ):  # SIGTERM unwinds like Ctrl-C (a test may call main in a thread)
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except SaebenchError as exc:
         message = str(exc).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a key or file held
         print(f"saebench: error: {message}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("saebench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        report = getattr(exc, "report", None)
+        done = "" if report is None else f": {report.summary()}; run it again to resume"
+        print(f"saebench: interrupted by {signal.Signals(signum).name}{done}", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

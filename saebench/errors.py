@@ -61,6 +61,15 @@ def validation_error(exc: Any, where: str | Path) -> ConfigError:
     return ConfigError(msg, where)
 
 
+class Interrupted(KeyboardInterrupt):
+    """The run was asked to stop (SIGTERM; Ctrl-C is KeyboardInterrupt): it unwinds like Ctrl-C, so every
+    transaction in flight rolls back and every lock is released, and the process exits 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class DataError(SaebenchError):
     """Input data (a corpus, a probe task's texts) is empty or unusable."""
 

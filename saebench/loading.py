@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from saebench import plugin_manager
 from saebench.errors import CheckpointError, ConfigError, PluginError, one_line, validation_error
+from saebench.files import private_name, write_atomic
 from saebench.interfaces import SAELoader
 from saebench.sae import DTYPES, SAE, SAEConfig
 
@@ -102,10 +103,10 @@ def save_sae(sae: SAE, path: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cfg = sae.cfg.model_dump(mode="json")
     cfg["saebench_format"] = NATIVE_FORMAT_VERSION
-    tmp = folder / (NATIVE_WEIGHTS + ".tmp")
+    tmp = private_name(folder / NATIVE_WEIGHTS)
     save_file({k: v.contiguous().cpu() for k, v in sae.weights().items()}, str(tmp))
     tmp.replace(folder / NATIVE_WEIGHTS)  # never leave a half-written checkpoint under the real name
-    (folder / NATIVE_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+    write_atomic(folder / NATIVE_CONFIG, json.dumps(cfg, indent=2) + "\n")
     return folder
 
 

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from saebench.errors import ConfigError, SaebenchError
+from saebench.files import SQLITE_BUSY_S
 from saebench.options import Options
 
 #: longest wait a server's Retry-After header can impose, and the longest backoff between attempts
@@ -137,7 +138,7 @@ class ResponseCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(self.path, timeout=SQLITE_BUSY_S, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from saebench.errors import ConfigError, SaebenchError, ShapeError, validation_error
+from saebench.files import write_atomic
 from saebench.interp.scan import Windows, count_windows, fill, neighbours, scan, token_values
 from saebench.interp.types import Example, LatentRecord
 
@@ -94,9 +94,7 @@ class RecordSet(BaseModel):
         data = self.model_dump_json().encode()
         if path.suffix == ".gz":
             data = gzip.compress(data, compresslevel=6, mtime=0)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
 
     @classmethod
     def load(cls, path: str | Path) -> RecordSet:

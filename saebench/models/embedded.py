@@ -14,11 +14,12 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from saebench.errors import ConfigError
+from saebench.files import ArtifactLock, private_name
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,12 @@ def prepare(name: str) -> tuple[Path, bool]:
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
         return target, False
-    return target, _convert(name, pkg, target)
+    # one conversion per cache folder: a concurrent run waits for it instead of converting again
+    lock = target.parent / ".locks" / f"{name}.lock"
+    with ArtifactLock(lock, f"the conversion of embedded:{name}", lambda line: print(line, file=sys.stderr)):
+        if (target / "config.json").is_file():
+            return target, False
+        return target, _convert(name, pkg, target)
 
 
 @contextlib.contextmanager
@@ -149,7 +155,8 @@ def _convert(name: str, pkg: _Package, target: Path) -> bool:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+    staging = private_name(target)
+    staging.mkdir()
     try:
         if pkg.layout == "assembled":  # a package of GGUF chunks that assembles the file
             module = importlib.import_module(pkg.module)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import Tensor
 
 from saebench import plugin_manager
 from saebench.errors import ConfigError, DataError, PluginError, SaebenchError
+from saebench.files import building
 from saebench.interfaces import ProbeTask
 from saebench.options import Options
 
@@ -108,9 +108,10 @@ class ProbeData:
         return sums / counts[:, None]
 
     def save(self, folder: Path) -> None:
-        folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".partial")
-        tmp.mkdir(parents=True, exist_ok=True)
+        with building(folder) as tmp:
+            self._write(tmp)
+
+    def _write(self, tmp: Path) -> None:
         save_file(
             {
                 "acts": self.acts.contiguous(),
@@ -130,9 +131,6 @@ class ProbeData:
             "stats": self.stats,
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
 
     @classmethod
     def load(cls, folder: Path) -> ProbeData:

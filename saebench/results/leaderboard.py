@@ -15,20 +15,23 @@ ID_COLUMNS = ["model", "hookpoint", "sae"]
 
 
 def leaderboard_rows(output: str | Path) -> tuple[list[str], list[dict]]:
-    """(metric columns in first-seen order, rows) from a results folder."""
+    """(metric columns in first-seen order, rows) from a results folder: SAEs in the newest plan's order,
+    then any others (of earlier matrices) in the order they were stored."""
     with ResultsStore.existing(output) as store:
-        columns: list[str] = []
-        rows: dict[tuple[str, str, str], dict] = {}
-        for cell in store.cells():  # every SAE gets a row, even if all its cells failed
-            rows.setdefault(
-                (cell["model"], cell["hookpoint"], cell["sae"]),
-                dict(zip(ID_COLUMNS, (cell["model"], cell["hookpoint"], cell["sae"]))),
-            )
-        for model, hookpoint, sae, scorer, metric, value in store.metrics():
-            column = f"{scorer}.{metric}"
-            if column not in columns:
-                columns.append(column)
-            rows[(model, hookpoint, sae)][column] = value
+        order = {key: i for i, key in enumerate(store.sae_order())}
+        stored = [(c["model"], c["hookpoint"], c["sae"]) for c in store.cells()]
+        metrics = list(store.metrics())
+    keys = sorted(
+        dict.fromkeys(stored), key=lambda k: order.get(k, len(order))
+    )  # every SAE gets a row, even if all its cells failed
+    rows = {k: dict(zip(ID_COLUMNS, k)) for k in keys}
+    rank = {k: i for i, k in enumerate(keys)}
+    columns: list[str] = []
+    for model, hookpoint, sae, scorer, metric, value in sorted(metrics, key=lambda m: rank[m[:3]]):  # stable
+        column = f"{scorer}.{metric}"
+        if column not in columns:
+            columns.append(column)
+        rows[(model, hookpoint, sae)][column] = value
     return columns, list(rows.values())
 
 

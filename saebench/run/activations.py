@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from saebench.files import private_name, replace_folder
+
 FORMAT = 1
 #: floats per shard (64 MiB of fp32)
 SHARD_ELEMENTS = 2**24
@@ -104,11 +106,26 @@ def build_caches(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, ActivationCache]:
     """One pass of ``adapter`` over ``contexts`` filling a cache folder per hook point in ``folders``."""
+    tmp = {h: private_name(f) for h, f in folders.items()}  # never another run's temporary folder
+    try:
+        for folder in tmp.values():
+            folder.mkdir(parents=True)
+        return _fill(adapter, contexts, folders, tmp, batch_contexts, describe, progress)
+    finally:
+        for folder in tmp.values():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _fill(
+    adapter: Any,
+    contexts: Tensor,
+    folders: dict[str, Path],
+    tmp: dict[str, Path],
+    batch_contexts: int,
+    describe: dict[str, Any] | None,
+    progress: Callable[[int], None] | None,
+) -> dict[str, ActivationCache]:
     hookpoints: Sequence[str] = list(folders)
-    tmp = {h: f.with_name(f.name + ".partial") for h, f in folders.items()}
-    for folder in tmp.values():
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
     writers = {h: _ShardWriter(tmp[h], adapter.d_model(h)) for h in hookpoints}
     for start in range(0, contexts.shape[0], batch_contexts):
         batch = contexts[start : start + batch_contexts]
@@ -132,7 +149,6 @@ def build_caches(
             "describe": describe or {},
         }
         (tmp[h] / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        shutil.rmtree(folders[h], ignore_errors=True)
-        tmp[h].rename(folders[h])
+        replace_folder(tmp[h], folders[h])
         caches[h] = ActivationCache(folders[h])
     return caches

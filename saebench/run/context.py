@@ -17,6 +17,7 @@ import torch
 
 from saebench import plugin_manager
 from saebench.errors import ConfigError, SaebenchError
+from saebench.files import ArtifactLock
 from saebench.interfaces import ModelAdapter
 from saebench.loading import load_sae
 from saebench.probes.tasks import PROBE_FORMAT, ProbeData, build_probe_data
@@ -115,23 +116,39 @@ class RunContext:
         folder = folder_of(hookpoint)
         if folder not in self.probe_memo:
             if not ProbeData.exists(folder):
-                hooks = sorted(
-                    {e.spec.hookpoint for e in self.plan.saes.values() if e.spec.model == model} | {hookpoint}
-                )
-                with self.progress.bar(f"probe data {task.name} ({model})", total=None, unit="text") as bar:
-                    built = build_probe_data(
-                        self.adapter(model),
-                        task,
-                        hooks,
-                        context_length=context_length,
-                        max_rows=max_rows,
-                        seed=self.seed,
-                        progress=bar.update,
-                    )
-                for h, data in built.items():
-                    data.save(folder_of(h))
+                with self.lock(folder_of("all"), f"probe data {task.name} ({model})"):
+                    if not ProbeData.exists(folder):  # built while this run waited
+                        self._build_probe_data(model, hookpoint, task, folder_of, context_length, max_rows)
             self.probe_memo[folder] = ProbeData.load(folder)
         return self.probe_memo[folder]
+
+    def _build_probe_data(
+        self,
+        model: str,
+        hookpoint: str,
+        task: Any,
+        folder_of: Callable[[str], Path],
+        context_length: int,
+        max_rows: int,
+    ) -> None:
+        hooks = sorted({e.spec.hookpoint for e in self.plan.saes.values() if e.spec.model == model} | {hookpoint})
+        with self.progress.bar(f"probe data {task.name} ({model})", total=None, unit="text") as bar:
+            built = build_probe_data(
+                self.adapter(model),
+                task,
+                hooks,
+                context_length=context_length,
+                max_rows=max_rows,
+                seed=self.seed,
+                progress=bar.update,
+            )
+        for h, data in built.items():
+            data.save(folder_of(h))
+
+    def lock(self, artifact: Path, what: str) -> ArtifactLock:
+        """The lock of a shared artifact, beside it (``FOLDER/.locks/NAME.lock``): every run sharing the
+        folder finds the same one, whatever its own output and cache folders are."""
+        return ArtifactLock(artifact.parent / ".locks" / f"{artifact.name}.lock", what, self.progress.note)
 
     def last(self, kind: str, key: Any, make: Callable[[], T]) -> T:
         """The last ``kind`` this context made (an SAE, a latent-records file), kept for the next stage that

@@ -59,7 +59,13 @@ def execute(
         else:
             executor = LocalExecutor()
         stages.check(ctx, work)
+        report.pending = len(work.pending)
         executor.run(ctx, work, store, report, t0)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: what is stored stays; say what that is
+        if report.run_id is not None:
+            store.finish_run(report.run_id, "interrupted", report.timings)
+        exc.report = report  # type: ignore[attr-defined]
+        raise
     finally:
         store.close()
     return report

@@ -55,9 +55,15 @@ def records(ctx: RunContext, sae_name: str, part: Sequence[int] | None = None) -
     """The records stage: this SAE's latent records (of the latents in ``part`` only), from the cache or
     built, and kept in the context for the latents stage that follows."""
     path = records_path(ctx, sae_name, part)
-    return ctx.last(
-        "records", path, lambda: RecordSet.load(path) if path.is_file() else _build(ctx, sae_name, part, path)
-    )
+    return ctx.last("records", path, lambda: _cached_or_built(ctx, sae_name, part, path))
+
+
+def _cached_or_built(ctx: RunContext, sae_name: str, part: Sequence[int] | None, path: Path) -> RecordSet:
+    if not path.is_file():
+        with ctx.lock(path, f"latent records of {sae_name}"):
+            if not path.is_file():  # not built by another run while this one waited
+                return _build(ctx, sae_name, part, path)
+    return RecordSet.load(path)
 
 
 def _build(ctx: RunContext, sae_name: str, part: Sequence[int] | None, path: Path) -> RecordSet:

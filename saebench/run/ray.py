@@ -33,6 +33,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -222,19 +223,36 @@ class RayExecutor:
         self.drain("train", {self.submit("train", train_task, s): s for s in of("train")}, "sae")
         report.timings["training_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        run_id = stages.open_run(ctx, store, {**versions(), "executor": "ray " + self.ray.__version__})
+        run_id = report.run_id = stages.open_run(ctx, store, {**versions(), "executor": "ray " + self.ray.__version__})
         self.job = dataclasses.replace(self.job, run_id=run_id)
-        self.interp(run_id, of("latents"))
-        groups = {sae: work.cells(sae, ("intrinsic", "probe")) for sae in of("cells")}
-        refs = {}
-        for sae, group in groups.items():
-            rules = [c for c in ctx.plan.cells_of(sae, ("explain",)) if c.explainer == ctx.components.rule_explainer[0]]
-            known = self.known(rules) if any(ctx.component(c).uses_explanations for c in group) else {}
-            refs[self.submit("cells", cells_task, sae, [c.key for c in group], known)] = sae
-        self.drain("cells", refs, "sae", on_lost=lambda sae, error: self.fail(groups[sae], run_id, error))
+        saes = list(dict.fromkeys(of("latents") + of("cells")))
+        with closing(stages.claims(ctx, saes, together=True)) as claims:
+            for claimed in claims:  # what runs sharing the output folder have not claimed, all at once
+                self.work = work.claimed(store, claimed)
+                others = sum(c.sae in claimed for c in work.pending) - len(self.work.pending)
+                if others:
+                    ctx.progress.note(f"{others} cell(s) of SAE(s) {', '.join(claimed)} were computed by another run")
+                    report.skipped += others
+                self.interp(run_id, [s for s in of("latents") if s in claimed and self.work.cells(s, LATENT_KINDS)])
+                self.cells(run_id, [s for s in of("cells") if s in claimed])
         report.timings["cells_s"] = time.perf_counter() - t2
         report.timings["total_s"] = time.perf_counter() - t0
         store.finish_run(run_id, "failed cells" if report.failed else "ok", report.timings)
+
+    def cells(self, run_id: int, saes: list[str]) -> None:
+        """The intrinsic and probe cells: a task per SAE."""
+        groups = {sae: self.work.cells(sae, ("intrinsic", "probe")) for sae in saes}
+        refs = {}
+        for sae, group in ((s, g) for s, g in groups.items() if g):
+            rules = [
+                c
+                for c in self.ctx.plan.cells_of(sae, ("explain",))
+                if c.explainer == self.ctx.components.rule_explainer[0]
+            ]
+            known = self.known(rules) if any(self.ctx.component(c).uses_explanations for c in group) else {}
+            refs[self.submit("cells", cells_task, sae, [c.key for c in group], known)] = sae
+        if refs:
+            self.drain("cells", refs, "sae", on_lost=lambda sae, error: self.fail(groups[sae], run_id, error))
 
     # -- tasks --------------------------------------------------------------------------------------
     def submit(self, kind: str, fn: Callable, *args: Any) -> Any:

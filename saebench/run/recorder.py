@@ -64,10 +64,17 @@ class RunReport:
     failed: list[tuple[CellKey, str]] = field(default_factory=list)
     failed_latents: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    pending: int = 0  # cells the run set out to compute
+    run_id: int | None = None  # its row in the store's runs, once opened
 
     @property
     def exit_code(self) -> int:
         return 1 if self.failed or self.failed_latents else 0
+
+    def summary(self) -> str:
+        """What an interrupted run had finished, in one line."""
+        left = self.pending - self.done - len(self.failed) - self.skipped
+        return f"{self.done} cell(s) computed and stored, {len(self.failed)} failed, {max(left, 0)} not started"
 
 
 class Recorder:

@@ -12,20 +12,24 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from torch import Tensor
+
 from saebench.errors import ConfigError, SaebenchError, one_line
+from saebench.files import write_atomic
 from saebench.interfaces import EvalInputs
 from saebench.loading import save_sae
-from saebench.run.activations import ActivationCache, build_caches
+from saebench.run.activations import ActivationCache, build_caches, cache_key
 from saebench.run.context import TRAINED_MARKER, RunContext, memory_bytes
 from saebench.run.latents import explain_latents, record_sae
 from saebench.run.plan import LATENT_KINDS, Cell, Stage
 from saebench.run.progress import NO_BAR, Bar
 from saebench.run.recorder import Results
-from saebench.run.store import ResultsStore
+from saebench.run.store import CellKey, ResultsStore
 from saebench.training import TrainConfig, train_sae
 
 
@@ -35,13 +39,23 @@ class Work:
 
     pending: list[Cell]
     untrained: list[str]
+    #: each pending cell's stored (finished, run_id) when the run looked, None when it had no row
+    stamps: dict[CellKey, tuple[float, int] | None] = field(default_factory=dict)
 
     @classmethod
     def find(cls, ctx: RunContext, store: ResultsStore) -> Work:
         pending = [
             c for c in ctx.plan.cells if store.finished_hash(c.key) != c.config_hash or store.has_failed_latents(c.key)
         ]
-        return cls(pending, [e.name for e in ctx.untrained()])
+        stamps = store.cell_stamps()
+        return cls(pending, [e.name for e in ctx.untrained()], {c.key: stamps.get(c.key) for c in pending})
+
+    def claimed(self, store: ResultsStore, saes: Collection[str]) -> Work:
+        """The work left on ``saes`` once this run holds their claims: a pending cell that another run
+        wrote since this one looked (done, failed or with failed latents) is that run's, not redone."""
+        now = store.cell_stamps()
+        pending = [c for c in self.pending if c.sae in saes and now.get(c.key) == self.stamps[c.key]]
+        return Work(pending, self.untrained, self.stamps)
 
     def cells(self, sae: str, kinds: tuple[str, ...]) -> list[Cell]:
         return [c for c in self.pending if c.sae == sae and c.kind in kinds]
@@ -60,6 +74,33 @@ class Work:
     def stages(self, ctx: RunContext) -> list[Stage]:
         """The plan's stages that have work, in the plan's order."""
         return [s for s in ctx.plan.stages if self.has(ctx, s)]
+
+
+def claims(ctx: RunContext, saes: list[str], *, together: bool) -> Iterator[list[str]]:
+    """Claims on the per-SAE stages of ``saes`` (records, latents, cells), so runs sharing an output
+    folder split the SAEs between them and never compute a cell twice. Yields the SAEs claimed (one
+    at a time, or every one free at once when ``together``), released when the caller asks for the
+    next; when every SAE left is claimed by other runs, waits for the first of them (whose holder may
+    have died: then this run takes it over). The caller reads what is still pending under the claim."""
+    left = list(saes)
+    while left:
+        held = []
+        for name in left:
+            lock = ctx.lock(ctx.plan.output / f"cells-{name}", f"the cells of SAE {name}")
+            if lock.try_acquire():
+                held.append((name, lock))
+                if not together:
+                    break
+        if not held:
+            lock = ctx.lock(ctx.plan.output / f"cells-{left[0]}", f"the cells of SAE {left[0]}")
+            lock.acquire()
+            held.append((left[0], lock))
+        try:
+            yield [name for name, _ in held]
+        finally:
+            for _, lock in held:
+                lock.release()
+        left = [n for n in left if n not in {name for name, _ in held}]
 
 
 def open_run(ctx: RunContext, store: ResultsStore, versions: dict[str, str]) -> int:
@@ -127,12 +168,25 @@ def activations(ctx: RunContext, model: str, work: Work) -> None:
     n_eval, T = plan.n_eval_contexts(), plan.matrix.data.context_length
     ctx.model_contexts(model, n_eval + math.ceil(max(by_tokens, default=0) / T))  # the longest stream, tokenised once
     if missing:
-        _fill(ctx, model, ctx.model_contexts(model, n_eval), missing, "eval")
+        _fill(ctx, model, lambda: ctx.model_contexts(model, n_eval), missing, "eval", n_eval * T)
     for tokens, folders in by_tokens.items():
-        _fill(ctx, model, ctx.model_contexts(model, n_eval + math.ceil(tokens / T))[n_eval:], folders, "train")
+        contexts = lambda t=tokens: ctx.model_contexts(model, n_eval + math.ceil(t / T))[n_eval:]  # noqa: E731
+        _fill(ctx, model, contexts, folders, "train", tokens)
 
 
-def _fill(ctx: RunContext, model: str, contexts, folders: dict[str, Path], part: str) -> None:
+def _fill(
+    ctx: RunContext, model: str, contexts: Callable[[], Tensor], folders: dict[str, Path], part: str, tokens: int
+) -> None:
+    """Build the caches in ``folders`` unless another run has: one lock per model and token set, so a
+    run sharing the cache folder with other hook points waits, then builds only what is still missing."""
+    key = cache_key(model=ctx.plan.model_desc(model), data=ctx.plan.matrix.data.model_dump(), part=part, tokens=tokens)
+    with ctx.lock(ctx.plan.cache_dir / f"{model}-{part}-{key}", f"activations of {model} ({part}, {tokens:,} tokens)"):
+        folders = {h: f for h, f in folders.items() if not ActivationCache.exists(f)}
+        if folders:
+            _build(ctx, model, contexts(), folders, part)
+
+
+def _build(ctx: RunContext, model: str, contexts: Tensor, folders: dict[str, Path], part: str) -> None:
     with ctx.progress.bar(
         f"activations {model} {part} [{', '.join(folders)}]", total=int(contexts.numel()), unit="tok"
     ) as bar:
@@ -141,8 +195,25 @@ def _fill(ctx: RunContext, model: str, contexts, folders: dict[str, Path], part:
         )
 
 
-def train(ctx: RunContext, name: str) -> None:
-    """Train one SAE on its training cache and save it (native format) with a marker of its training hash."""
+def train(ctx: RunContext, name: str, *, wait: bool = True) -> bool:
+    """Train one SAE on its training cache and save it (native format) with a marker of its training hash,
+    unless another run has. False, doing nothing, when another run is training it and not ``wait``."""
+    entry = ctx.plan.saes[name]
+    assert entry.folder is not None
+    lock = ctx.lock(entry.folder, f"the training of {name}")
+    if wait:
+        lock.acquire()
+    elif not lock.try_acquire():
+        return False
+    try:
+        if not ctx.trained(entry):  # not trained by another run while this one waited
+            _train(ctx, name)
+    finally:
+        lock.release()
+    return True
+
+
+def _train(ctx: RunContext, name: str) -> None:
     entry = ctx.plan.saes[name]
     spec = entry.spec
     assert entry.folder is not None and entry.train_cache is not None
@@ -162,7 +233,7 @@ def train(ctx: RunContext, name: str) -> None:
     trained.cfg.metadata["training"] = json.loads(stats.model_dump_json())
     save_sae(trained, entry.folder)
     marker = {"hash": entry.train_hash, "seconds": time.perf_counter() - start}
-    (entry.folder / TRAINED_MARKER).write_text(json.dumps(marker))
+    write_atomic(entry.folder / TRAINED_MARKER, json.dumps(marker))
 
 
 def cells(ctx: RunContext, out: Results, run_id: int, name: str, cells: list[Cell], bar: Bar = NO_BAR) -> None:

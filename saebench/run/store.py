@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from saebench.errors import ConfigError
+from saebench.files import SQLITE_BUSY_S
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -107,7 +108,7 @@ class ResultsStore:
         self.path = Path(folder) / DB_NAME
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db = sqlite3.connect(self.path, timeout=SQLITE_BUSY_S, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
@@ -152,6 +153,13 @@ class ResultsStore:
                     (label, info["plugin"], info["family"], json.dumps(info["headline"])),
                 )
 
+    def sae_order(self) -> list[tuple[str, str, str]]:
+        """(model, hookpoint, SAE) in the order of the newest run's plan: the leaderboard's row order, which
+        must not depend on which of several concurrent runs finished an SAE first."""
+        row = self.db.execute("SELECT plan FROM plans ORDER BY run_id DESC LIMIT 1").fetchone()
+        cells = json.loads(row[0])["cells"] if row else []
+        return list(dict.fromkeys((c["model"], c["hookpoint"], c["sae"]) for c in cells))
+
     def scorer_info(self) -> dict[str, dict[str, Any]]:
         """Scorer label -> its plugin name, family and declared headline metrics."""
         rows = self.db.execute("SELECT scorer, plugin, family, headline FROM scorers")
@@ -193,6 +201,11 @@ class ResultsStore:
             (key.model, key.hookpoint, key.sae, key.scorer),
         ).fetchone()
         return row[0] if row else None
+
+    def cell_stamps(self) -> dict[CellKey, tuple[float, int]]:
+        """Every stored cell's (finished, run_id): a changed stamp says another run wrote the cell."""
+        rows = self.db.execute("SELECT model, hookpoint, sae, scorer, finished, run_id FROM cells")
+        return {CellKey(m, h, s, sc): (f, r) for m, h, s, sc, f, r in rows}
 
     def has_failed_latents(self, key: CellKey) -> bool:
         """Whether a finished interpretability cell left latents whose LLM calls failed (retried on a re-run)."""

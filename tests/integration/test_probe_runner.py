@@ -82,8 +82,10 @@ def details(folder, sae, scorer):
 def test_probe_cells_share_one_forward_pass_and_resume(workdir):
     report = run(workdir)
     assert report.exit_code == 0 and report.done == 4, report.failed
-    probes = list((workdir / "runs" / "probes" / "cache" / "probes").iterdir())
+    folder = workdir / "runs" / "probes" / "cache" / "probes"
+    probes = [p for p in folder.iterdir() if p.name != ".locks"]
     assert len(probes) == 1  # one task × one hook point, for two SAEs and two scorers
+    assert list((folder / ".locks").iterdir()) == []  # its lock was released
     rows = board(workdir)
     for sae in ("relu", "topk"):
         row = rows[sae]

@@ -211,7 +211,8 @@ def test_embedded_gemma_converts_once_then_loads_the_cached_copy(tmp_path, monke
     assert first.converted
     cached = tmp_path / "models" / "gemma-3-270m"
     assert (cached / "config.json").is_file() and (cached / "model.safetensors").is_file()
-    assert [p.name for p in (tmp_path / "models").iterdir()] == ["gemma-3-270m"]  # no staging folder left
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".locks", "gemma-3-270m"]  # no staging folder
+    assert list((tmp_path / "models" / ".locks").iterdir()) == []  # the conversion's lock was released
     model_id = first.model_id
     del first
 
