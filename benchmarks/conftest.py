@@ -37,6 +37,16 @@ ROWS: list[Row] = []
 NOTES: dict[str, str] = {}
 
 
+def subject_model(root) -> tuple[str, int, str, int]:
+    """(model path, width, hook point, evaluation tokens) of the whole-run benchmarks: the tiny Llama for the
+    smoke pass, the embedded Gemma 3 270M at layer 6 for the figures."""
+    if SMALL:
+        from saebench.testing.tiny_model import make_tiny_model
+
+        return str(make_tiny_model(root / "tiny", n_layers=2, d_model=32)), 32, "layers.1", 2048
+    return "embedded:gemma-3-270m", 640, "layers.6", 20000
+
+
 def record(benchmark, group: str, name: str, flops: float, tokens: int, role: str = "") -> None:
     stats = getattr(benchmark, "stats", None)
     if stats is None:  # --benchmark-disable: the function ran once as a smoke test

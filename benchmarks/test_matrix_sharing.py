@@ -21,12 +21,7 @@ TIMES: dict[int, float] = {}
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("sharing")
-    if conftest.SMALL:
-        from saebench.testing.tiny_model import make_tiny_model
-
-        model, d, hookpoint, tokens = str(make_tiny_model(root / "tiny", n_layers=2, d_model=32)), 32, "layers.1", 2048
-    else:
-        model, d, hookpoint, tokens = "embedded:gemma-3-270m", 640, "layers.6", 20000
+    model, d, hookpoint, tokens = conftest.subject_model(root)
     g = torch.Generator().manual_seed(0)
     paths = []
     for arch in ("relu", "topk", "jumprelu"):
