@@ -35,7 +35,7 @@ from saebench.options import Options
 from saebench.probes.tasks import ProbeData
 from saebench.sae import SAE, SAEConfig
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SAE",

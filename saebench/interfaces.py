@@ -21,6 +21,7 @@ from saebench.errors import ConfigError, PluginError
 from saebench.interp.types import Explanation, LatentRecord, LatentScore, mean_metrics
 from saebench.options import Options
 from saebench.sae import SAE
+from saebench.uncertainty import Units, mean_units
 
 if TYPE_CHECKING:
     from saebench.interp.llm import LLMClient
@@ -125,7 +126,9 @@ class Metric:
     ``name`` is a metric name or a regular expression over them (``k\\d+_accuracy``). ``plot``: drawn
     against the sparsity axis in the report's frontier plots. ``axis``: this metric *is* that axis
     (the sparsity scorer's L0); one scorer declares it. ``label``: how a plot names it ("L0 (active
-    latents per token)"); default the column's name.
+    latents per token)"); default the column's name. ``no_interval``: why the metric has no
+    bootstrap interval, for a scorer that cannot keep per-unit statistics for it (the leaderboard
+    says it instead of leaving the interval out silently).
     """
 
     name: str
@@ -133,6 +136,7 @@ class Metric:
     plot: bool = True
     axis: bool = False
     label: str | None = None
+    no_interval: str | None = None
 
 
 @dataclass
@@ -158,6 +162,9 @@ class EvalInputs:
     #: scorers with ``uses_explanations``: ``explain(latents)`` gives {latent: explanation text} from
     #: the run's rule explainer (stored explanations first)
     explain: Callable[[list[int]], dict[int, str]] | None = None
+    #: [n_tokens] int64: the context (row of ``tokens``) each activation row comes from, in the order
+    #: ``activations`` yields them; what token-averaged metrics resample over (see saebench.uncertainty)
+    token_contexts: Tensor | None = None
 
     def model(self, scorer: str) -> ModelAdapter:
         """The loaded model, for a scorer with ``needs_model``; ConfigError when none was given."""
@@ -171,11 +178,15 @@ class EvalInputs:
 class ScoreResult(BaseModel):
     """One cell's outcome: flat metrics for the leaderboard plus free-form details.
 
-    A metric that could not be computed is None, never a made-up number.
+    A metric that could not be computed is None, never a made-up number. ``units`` holds the
+    per-unit statistics its metrics are recomputed from on a bootstrap resample (per-context sums,
+    per-example correctness; see :mod:`saebench.uncertainty`), under the same short names; a
+    metric it leaves out gets no interval.
     """
 
     metrics: dict[str, float | None]
     details: dict[str, Any] = Field(default_factory=dict)
+    units: Units | None = None
 
 
 class Scorer(ABC):
@@ -240,6 +251,13 @@ class InterpScorer(Scorer):
     def aggregate(self, scores: Sequence[LatentScore]) -> dict[str, float | None]:
         """Leaderboard metrics over the scored latents; by default the mean of each metric."""
         return mean_metrics(scores)
+
+    def units(self, scores: Sequence[LatentScore]) -> Units | None:
+        """What ``aggregate``'s metrics resample over: by default the latents, each metric a mean of
+        per-latent values. A scorer that overrides ``aggregate`` overrides this too (or returns None)."""
+        names = dict.fromkeys(name for s in scores for name in s.metrics)
+        values = {name: [s.metrics.get(name) for s in scores] for name in names}
+        return mean_units("latent", [s.latent for s in scores], values) if scores else None
 
     def score(self, sae: SAE, inputs: EvalInputs) -> ScoreResult:  # pragma: no cover - the runner drives interp scorers
         raise TypeError(f"{self.name} is an interpretability scorer: the runner calls score_latent per latent")

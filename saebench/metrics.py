@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import torch
 from pydantic import Field
 from torch import Tensor
 
@@ -15,6 +16,7 @@ from saebench.errors import ShapeError
 from saebench.interfaces import EvalInputs
 from saebench.options import Options
 from saebench.sae import SAE
+from saebench.uncertainty import Estimator, Units
 
 
 class StreamOptions(Options):
@@ -64,6 +66,49 @@ def encoded_batches(
     for x in activation_batches(sae, inputs, batch_tokens, max_tokens):
         values, indices = sae.encode_sparse(x)
         yield x, values, indices
+
+
+class ContextSums:
+    """Per-context sums of per-token statistics, for the bootstrap over whole contexts.
+
+    Feed it the batches in the order ``inputs.activations`` yields them: ``add(n, name=values[n])``
+    assigns the next ``n`` rows to their contexts (``inputs.token_contexts``). Without token
+    contexts (a scorer called outside the runner) it keeps nothing and ``units`` is None.
+    """
+
+    def __init__(self, inputs: EvalInputs):
+        self.contexts = inputs.token_contexts
+        self.n_contexts = int(inputs.tokens.shape[0]) if inputs.tokens.ndim == 2 else 0
+        if self.contexts is not None and self.contexts.numel():
+            self.n_contexts = max(self.n_contexts, int(self.contexts.max()) + 1)
+        self.offset = 0
+        self.sums: dict[str, Tensor] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.contexts is not None
+
+    def add(self, n: int, **columns: Tensor) -> Tensor | None:
+        """Add ``n`` rows' values per column; returns those rows' context ids (None when inactive)."""
+        if self.contexts is None:
+            return None
+        ctx = self.contexts[self.offset : self.offset + n]
+        if ctx.numel() != n:
+            raise ShapeError(f"{self.offset + n} activation rows but token contexts for {self.contexts.numel()}")
+        self.offset += n
+        for name, values in columns.items():
+            total = self.sums.setdefault(name, torch.zeros(self.n_contexts, dtype=torch.float64))
+            total.index_add_(0, ctx.to(torch.int64), values.detach().to(device="cpu", dtype=torch.float64).reshape(-1))
+        return ctx
+
+    def units(self, metrics: dict[str, Estimator], weight: str, **extra: Tensor) -> Units | None:
+        """The contexts with a non-zero ``weight`` column (their evaluated tokens) as Units; ``extra``
+        columns are per-context values computed after the pass."""
+        if self.contexts is None or weight not in self.sums:
+            return None
+        keep = torch.nonzero(self.sums[weight] != 0).flatten()
+        cols = {k: v[keep].tolist() for k, v in {**self.sums, **extra}.items()}
+        return Units(unit="context", ids=keep.tolist(), columns=cols, metrics=metrics)
 
 
 def ratio(num: float, den: float) -> float | None:

@@ -17,6 +17,10 @@ more than the model's three forward passes):
 - ``tokens``: the number of counted positions.
 
 A score whose denominator is 0 (or a loss that is not finite) is None.
+
+Uncertainty (see saebench.uncertainty): the five sums and the count are kept per context, and
+each metric is recomputed from the resampled totals: ce_loss_score = (Σce_zero − Σce_sae) /
+(Σce_zero − Σce_clean), a ratio of resampled sums (never of separately resampled means).
 """
 
 from __future__ import annotations
@@ -31,6 +35,16 @@ from torch import Tensor
 import saebench
 from saebench.errors import ShapeError
 from saebench.metrics import ratio
+from saebench.uncertainty import Ratio, Units
+
+SUMS = ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
+#: how each metric is recomputed from per-context sums (``count``: the counted positions)
+ESTIMATORS = {
+    "ce_loss_score": Ratio(num={"ce_zero": 1.0, "ce_sae": -1.0}, den={"ce_zero": 1.0, "ce_clean": -1.0}),
+    "kl_score": Ratio(num={"kl_zero": 1.0, "kl_sae": -1.0}, den={"kl_zero": 1.0}),
+    "delta_lm_loss": Ratio(num={"ce_sae": 1.0, "ce_clean": -1.0}, den={"count": 1.0}),
+    **{name: Ratio(num={name: 1.0}, den={"count": 1.0}) for name in SUMS},
+}
 
 ROWS_PER_CHUNK = 256  # rows of [*, vocab] log-probabilities held at once
 
@@ -63,7 +77,7 @@ class DownstreamScorer(saebench.Scorer):
         tokens = tokens[:use]
         hp = inputs.hookpoint
 
-        sums = dict(ce_clean=0.0, ce_sae=0.0, ce_zero=0.0, kl_sae=0.0, kl_zero=0.0)
+        per_context = {k: torch.zeros(use, dtype=torch.float64) for k in (*SUMS, "count")}
         counted_total = 0
         replaced_total = 0
         for start in range(0, use, self.options.batch_contexts):
@@ -77,16 +91,22 @@ class DownstreamScorer(saebench.Scorer):
             if targets.numel() == 0:
                 continue
             counted_total += targets.numel()
+            row_context = torch.nonzero(counted)[:, 0] + start  # row-major, as _rows orders the rows
 
+            def add(name: str, values: Tensor) -> None:
+                per_context[name].index_add_(0, row_context, values)
+
+            add("count", torch.ones(targets.numel(), dtype=torch.float64))
             clean = _rows(adapter.logits(tok), counted)
-            sums["ce_clean"] += _cross_entropy_sum(clean, targets)
+            add("ce_clean", _cross_entropy(clean, targets))
             for key, fn in (("sae", _splice(sae, keep)), ("zero", torch.zeros_like)):
                 new = _rows(adapter.logits(tok, replace={hp: fn}), counted)
-                ce, kl = _ce_kl_sums(clean, new, targets)
-                sums[f"ce_{key}"] += ce
-                sums[f"kl_{key}"] += kl
+                ce, kl = _ce_kl(clean, new, targets)
+                add(f"ce_{key}", ce)
+                add(f"kl_{key}", kl)
                 del new
 
+        sums = {k: float(per_context[k].sum()) for k in SUMS}
         raw = {k: _finite_or_none(v / counted_total) if counted_total else None for k, v in sums.items()}
         ce_clean, ce_sae, ce_zero, kl_sae, kl_zero = (
             raw[k] for k in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
@@ -105,7 +125,15 @@ class DownstreamScorer(saebench.Scorer):
             "replaced_positions": replaced_total,
             "zero_ablation": "all positions, special ones included",
         }
-        return saebench.ScoreResult(metrics=metrics, details=details)
+        return saebench.ScoreResult(metrics=metrics, details=details, units=_units(per_context))
+
+
+def _units(per_context: dict[str, Tensor]) -> Units | None:
+    keep = torch.nonzero(per_context["count"] > 0).flatten()
+    if keep.numel() == 0:
+        return None
+    columns = {k: v[keep].tolist() for k, v in per_context.items()}
+    return Units(unit="context", ids=keep.tolist(), columns=columns, metrics=dict(ESTIMATORS))
 
 
 def _splice(sae: saebench.SAE, keep: Tensor) -> Callable[[Tensor], Tensor]:
@@ -130,23 +158,25 @@ def _rows(logits: Tensor, counted: Tensor) -> Tensor:
     return logits[:, :-1][counted.to(logits.device)].to("cpu")
 
 
-def _cross_entropy_sum(logits: Tensor, targets: Tensor) -> float:
-    total = 0.0
+def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """−log p(target) per row (float64), a chunk of rows at a time."""
+    out = torch.empty(logits.shape[0], dtype=torch.float64)
     for i in range(0, logits.shape[0], ROWS_PER_CHUNK):
         lp = torch.log_softmax(logits[i : i + ROWS_PER_CHUNK].float(), dim=-1)
-        total -= float(lp.gather(1, targets[i : i + ROWS_PER_CHUNK, None]).sum(dtype=torch.float64))
-    return total
+        out[i : i + ROWS_PER_CHUNK] = -lp.gather(1, targets[i : i + ROWS_PER_CHUNK, None])[:, 0].double()
+    return out
 
 
-def _ce_kl_sums(clean: Tensor, new: Tensor, targets: Tensor) -> tuple[float, float]:
-    """(Σ −log p_new(target), Σ KL(p_clean ‖ p_new)) over the rows, a chunk of rows at a time."""
-    ce = kl = 0.0
+def _ce_kl(clean: Tensor, new: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(−log p_new(target), KL(p_clean ‖ p_new)) per row (float64), a chunk of rows at a time."""
+    ce = torch.empty(clean.shape[0], dtype=torch.float64)
+    kl = torch.empty(clean.shape[0], dtype=torch.float64)
     for i in range(0, clean.shape[0], ROWS_PER_CHUNK):
         lp_c = torch.log_softmax(clean[i : i + ROWS_PER_CHUNK].float(), dim=-1)
         lp_n = torch.log_softmax(new[i : i + ROWS_PER_CHUNK].float(), dim=-1)
-        ce -= float(lp_n.gather(1, targets[i : i + ROWS_PER_CHUNK, None]).sum(dtype=torch.float64))
+        ce[i : i + ROWS_PER_CHUNK] = -lp_n.gather(1, targets[i : i + ROWS_PER_CHUNK, None])[:, 0].double()
         p_c = lp_c.exp()
-        kl += float(torch.where(p_c > 0, p_c * (lp_c - lp_n), 0.0).sum(dtype=torch.float64))
+        kl[i : i + ROWS_PER_CHUNK] = torch.where(p_c > 0, p_c * (lp_c - lp_n), 0.0).sum(dim=-1, dtype=torch.float64)
     return ce, kl
 
 

@@ -18,6 +18,12 @@ activation vector over those tokens and every sum accumulated in float64:
 Σ‖x − x̄‖² is computed in one pass as Σ‖x − c‖² − N‖x̄ − c‖², with c the first batch's mean
 (a shift that keeps large common offsets from cancelling catastrophically).
 
+Uncertainty (see saebench.uncertainty): every metric is a ratio of sums over tokens, resampled
+over whole contexts from per-context sums (Σ‖x − x̂‖², Σ‖x − x̄‖², Σ‖x̂‖², Σ x·x̂, the cosine and
+L2-ratio sums and counts). Σ‖x − x̄‖² per context uses x̄ of all evaluated tokens (a second pass
+over the activations, without encoding): the bootstrap keeps x̄ fixed, whose re-estimation would
+change the total by a relative O(1 / contexts).
+
 Details: ``saebench_0_6_explained_variance`` is what sae-bench 0.6.0's core eval reports as
 ``explained_variance`` for these tokens evaluated as one batch (its default,
 n_eval_sparsity_variance_batches=1, or equal-sized batches):
@@ -33,7 +39,17 @@ import torch
 from torch import Tensor
 
 import saebench
-from saebench.metrics import StreamOptions, encoded_batches, ratio
+from saebench.metrics import ContextSums, StreamOptions, activation_batches, encoded_batches, ratio
+from saebench.uncertainty import Ratio
+
+#: how each metric is recomputed from per-context sums
+ESTIMATORS = {
+    "explained_variance": Ratio(num={"tss": 1.0, "sse": -1.0}, den={"tss": 1.0}),
+    "fvu": Ratio(num={"sse": 1.0}, den={"tss": 1.0}),
+    "cosine": Ratio(num={"cos_sum": 1.0}, den={"cos_n": 1.0}),
+    "l2_ratio": Ratio(num={"ratio_sum": 1.0}, den={"ratio_n": 1.0}),
+    "relative_reconstruction_bias": Ratio(num={"xhat_sq": 1.0}, den={"dot": 1.0}),
+}
 
 METRICS = ("explained_variance", "fvu", "mse", "cosine", "l2_ratio", "relative_reconstruction_bias")
 
@@ -52,11 +68,24 @@ class ReconstructionScorer(saebench.Scorer):
 
     @torch.no_grad()
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
-        sums = _Sums()
+        sums = _Sums(by_context=ContextSums(inputs))
         for x_in, values, indices in encoded_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens):
             x_hat = sae.decode_sparse(values, indices).to(torch.float64)
             sums.add(x_in.to(device=x_hat.device, dtype=torch.float64), x_hat)
-        return sums.result(sae.cfg.d_in)
+        result = sums.result(sae.cfg.d_in)
+        if sums.by_context.active and sums.n:
+            result.units = self._units(sae, inputs, sums)
+        return result
+
+    def _units(self, sae: saebench.SAE, inputs: saebench.EvalInputs, sums: _Sums):
+        assert sums.shift is not None and sums.sum_dx is not None
+        mean = sums.shift + sums.sum_dx / sums.n
+        tss = ContextSums(inputs)
+        for x in activation_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens):
+            tss.add(x.shape[0], tss=(x.to(device=mean.device, dtype=torch.float64) - mean).square().sum(dim=1))
+        d = sae.cfg.d_in
+        estimators = {**ESTIMATORS, "mse": Ratio(num={"sse": 1.0}, den={"tokens": float(d)})}
+        return sums.by_context.units(estimators, weight="tokens", tss=tss.sums["tss"])
 
 
 @dataclass
@@ -75,6 +104,7 @@ class _Sums:
     cos_n: int = 0
     ratio_sum: float = 0.0  # Σ ‖x̂‖ / ‖x‖ over the tokens where ‖x‖ > 0
     ratio_n: int = 0
+    by_context: ContextSums | None = None  # the same sums per context, for the bootstrap
 
     def add(self, x: Tensor, x_hat: Tensor) -> None:
         """Add one batch: x and x̂ [n, d], float64 on the same device."""
@@ -97,8 +127,22 @@ class _Sums:
         self.cos_sum += float((dot[ok] / (x_norm[ok] * xhat_norm[ok])).sum())
         self.cos_n += int(ok.sum())
         has_x = x_norm > 0
-        self.ratio_sum += float((xhat_norm[has_x] / x_norm[has_x]).sum())
+        l2 = torch.where(has_x, xhat_norm / torch.where(has_x, x_norm, 1.0), 0.0)
+        self.ratio_sum += float(l2.sum())
         self.ratio_n += int(has_x.sum())
+        if self.by_context is not None and self.by_context.active:
+            cos = torch.where(ok, dot / torch.where(ok, x_norm * xhat_norm, 1.0), 0.0)
+            self.by_context.add(
+                x.shape[0],
+                tokens=torch.ones(x.shape[0]),
+                sse=(x - x_hat).square().sum(dim=1),
+                xhat_sq=xhat_norm_sq,
+                dot=dot,
+                cos_sum=cos,
+                cos_n=ok,
+                ratio_sum=l2,
+                ratio_n=has_x,
+            )
 
     def result(self, d: int) -> saebench.ScoreResult:
         """The metrics and details of the module docstring from the sums (``d`` = d_in)."""

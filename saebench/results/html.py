@@ -18,8 +18,9 @@ from typing import Any
 
 #: series colours, given to the architectures in sorted order so an architecture has one colour in every plot
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-# "detection[llm].auc" -> ("detection[llm]", "auc"): an explainer's name may hold a dot
-_COLUMN = re.compile(r"([^.\[]*(?:\[[^\]]*\])?)\.(.+)", re.S)
+# "detection[llm].auc" -> ("detection[llm]", "auc"): an explainer's name may hold a dot; a repeated
+# cell's label ends in its seed ("detection[llm]@s1")
+_COLUMN = re.compile(r"([^.\[]*(?:\[[^\]]*\])?(?:@s-?\d+)?)\.(.+)", re.S)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;margin:0;background:#f6f7f9}
@@ -35,6 +36,7 @@ thead th{background:#f0f2f5;font-weight:600}th.group{text-align:center;border-le
 th[data-col]{cursor:pointer;user-select:none}th[data-col]:hover{background:#e3e7ee}
 th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
 tbody tr:nth-child(even){background:#fafbfc}
+.pm{color:#667085;font-size:12px}td.tied{background:#fef6e0}.star{color:#b54708}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:12px}
 .plots img{width:100%;height:auto;border:1px solid #eceef2}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:12px}

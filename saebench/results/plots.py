@@ -4,6 +4,9 @@ A scorer declares its headline metrics (``Scorer.headline``: saebench.Metric); t
 declarations of each scorer label (``store.scorer_info()``), and a store written before they were
 stored falls back to the installed plugin of that name. Nothing here knows a scorer by name.
 Plots are matplotlib figures rendered to SVG data-URI ``<img>``s (an ``<img>`` never runs a script).
+Where the report gives intervals (saebench.results.intervals), a point carries error bars: the plotted
+metric's interval vertically, the sparsity axis's horizontally (SVG ids ``yerr_N`` and ``xerr_N``); a
+point without an interval is drawn without them.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from saebench import plugin_manager
 from saebench.errors import PluginError
 from saebench.interfaces import Metric
 from saebench.results.html import PALETTE, esc, finite, split_column
+from saebench.run.plan import split_seed
 
 
 def headline(column: str, scorers: dict[str, dict[str, Any]]) -> Metric | None:
     """The declaration that covers a leaderboard column, or None when its scorer declares none for it."""
     label, metric = split_column(column)
-    info = scorers.get(label)
+    label = split_seed(label)[0]  # a repeated cell declares what its scorer does
+    info = scorers.get(label) or next((i for k, i in scorers.items() if split_seed(k)[0] == label), None)
     if info is not None:
         declared = [Metric(**m) for m in info["headline"]]
     else:
@@ -33,8 +38,15 @@ def headline(column: str, scorers: dict[str, dict[str, Any]]) -> Metric | None:
     return next((m for m in declared if re.fullmatch(m.name, metric)), None)
 
 
-def frontier(columns: list[str], rows: list[dict], archs: dict, scorers: dict[str, dict]) -> str:
-    """The frontier plots: each metric a scorer declares with ``plot``, against the declared sparsity axis."""
+def frontier(
+    columns: list[str],
+    rows: list[dict],
+    archs: dict,
+    scorers: dict[str, dict],
+    intervals: dict[tuple[str, str, str], dict[str, Any]] | None = None,
+) -> str:
+    """The frontier plots: each metric a scorer declares with ``plot``, against the declared sparsity axis;
+    ``intervals`` ({(model, hookpoint, sae): {column: Interval}}) adds error bars where they exist."""
     declared = {column: headline(column, scorers) for column in columns}
     axis = next(((c, m) for c, m in declared.items() if m is not None and m.axis), None)
     if axis is None:
@@ -54,7 +66,14 @@ def frontier(columns: list[str], rows: list[dict], archs: dict, scorers: dict[st
     with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "saebench", "font.size": 8}):
         for column in (c for c, m in declared.items() if m is not None and m.plot):
             points = [
-                (r[x], r[column], arch, f"{r['sae']} ({r['hookpoint']})" if several else r["sae"])
+                (
+                    r[x],
+                    r[column],
+                    arch,
+                    f"{r['sae']} ({r['hookpoint']})" if several else r["sae"],
+                    _error(r, x, intervals),
+                    _error(r, column, intervals),
+                )
                 for r, arch in keyed
                 if finite(r.get(x)) and finite(r.get(column))
             ]
@@ -79,8 +98,9 @@ def _svg(title: str, y_label: str, x_label: str, points: list[tuple], colours: d
     fig = Figure(figsize=(5.2, 3.6))
     ax = fig.add_subplot()
     right = max(p[0] for p in points)
+    bars = 0
     for arch in sorted({p[2] for p in points}):
-        series = sorted(p for p in points if p[2] == arch)
+        series = sorted((p for p in points if p[2] == arch), key=lambda p: p[:4])
         ax.plot(
             [p[0] for p in series],
             [p[1] for p in series],
@@ -90,7 +110,8 @@ def _svg(title: str, y_label: str, x_label: str, points: list[tuple], colours: d
             markersize=6,
             linewidth=1.2,
         )
-        for x, y, _, label in series:  # long names are cut here; the table has them whole
+        bars = _error_bars(ax, series, colours[arch], bars)
+        for x, y, _, label, *_ in series:  # long names are cut here; the table has them whole
             label = label if len(label) <= 28 else label[:27] + "…"
             left = x == right and len(points) > 1  # the rightmost label would run off the figure
             ax.annotate(
@@ -117,3 +138,36 @@ def _svg(title: str, y_label: str, x_label: str, points: list[tuple], colours: d
     buf = io.BytesIO()
     fig.savefig(buf, format="svg", metadata={"Date": None})
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def _error(row: dict, column: str, intervals: dict | None) -> tuple[float, float] | None:
+    """(below, above) the plotted value: the distances to the bounds of its interval, None without one."""
+    iv = (intervals or {}).get((row["model"], row["hookpoint"], row["sae"]), {}).get(column)
+    if iv is None or not finite(iv.low) or not finite(iv.high):
+        return None
+    value = row[column]
+    return max(value - iv.low, 0.0), max(iv.high - value, 0.0)
+
+
+def _error_bars(ax: Any, series: list[tuple], colour: str, count: int) -> int:
+    """Each point's interval bars (those it has), under the markers; returns the running count for the ids."""
+    for x, y, _, _, xerr, yerr in series:
+        for axis, err in (("x", xerr), ("y", yerr)):
+            if err is None:
+                continue
+            bounds = [[err[0]], [err[1]]]
+            container = ax.errorbar(
+                [x],
+                [y],
+                **{f"{axis}err": bounds},
+                fmt="none",
+                ecolor=colour,
+                elinewidth=0.9,
+                capsize=2,
+                alpha=0.55,
+                zorder=1.5,
+            )
+            count += 1
+            for collection in container.lines[2]:
+                collection.set_gid(f"{axis}err_{count}")
+    return count

@@ -4,6 +4,12 @@ Sections: the leaderboard (sortable), the sparsity–fidelity frontier plots of 
 scorer declares (saebench.results.plots), per-latent cards with highlighted activating examples,
 the sections plugins contribute (``register_report_sections``: TreeProbe's trees are one), and the
 run's configuration and versions. The page fetches nothing (saebench.results.html).
+
+Uncertainty (saebench.results.intervals): a leaderboard value whose cell stored per-unit statistics
+shows "value ± half-width" of its bootstrap interval (the bounds in its tooltip), the frontier plots
+draw the intervals as error bars, and per headline metric with a direction the SAEs tied with the
+best of their model and hook point (a bootstrap of the difference, paired where the SAEs share
+units) are starred. Headline metrics without an interval are listed with the reason.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +26,22 @@ from saebench import plugin_manager
 from saebench.errors import SaebenchError
 from saebench.interp.records import RecordSet
 from saebench.results.html import esc, fmt, page, split_column
+from saebench.results.intervals import SAEKey, StoredUnits, intervals, tied_with_best, without_interval
 from saebench.results.leaderboard import ID_COLUMNS, leaderboard_rows
-from saebench.results.plots import frontier
+from saebench.results.plots import frontier, headline
 from saebench.run.store import ResultsStore
+from saebench.uncertainty import DEFAULT_RESAMPLES, Interval
 
 EXAMPLES_PER_LATENT = 5
 
 
-def write_report(output: str | Path, file: str | Path | None = None, latents: int = 50) -> Path:
-    """Render the report of the results folder ``output`` to ``file`` (default OUTPUT/report.html)."""
+def write_report(
+    output: str | Path, file: str | Path | None = None, latents: int = 50, resamples: int = DEFAULT_RESAMPLES
+) -> Path:
+    """Render the report of the results folder ``output`` to ``file`` (default OUTPUT/report.html);
+    intervals are bootstrapped with ``resamples`` draws."""
     columns, rows = leaderboard_rows(output)  # also the leaderboard's one-line error when there is no store
+    noise = Noise.of(StoredUnits.load(output), columns, rows, resamples)
     with ResultsStore.existing(output) as store:
         cells, details, runs = store.cells(), store.cell_details(), store.runs()
         scorers, configs = store.scorer_info(), store.cell_configs()
@@ -37,8 +50,8 @@ def write_report(output: str | Path, file: str | Path | None = None, latents: in
         stored = _stored_cells(details, rows, scorers)
     name = runs[-1]["matrix"].get("name") if runs else None
     sections = [
-        ("leaderboard", "Leaderboard", _leaderboard(columns, rows, cells)),
-        ("frontier", "Sparsity–fidelity frontier", frontier(columns, rows, archs, scorers)),
+        ("leaderboard", "Leaderboard", _leaderboard(columns, rows, cells, noise)),
+        ("frontier", "Sparsity–fidelity frontier", frontier(columns, rows, archs, scorers, noise.intervals)),
         ("latents", "Latents", cards),
     ]
     for info in plugin_manager.get_registry().of_kind("report_section"):
@@ -77,10 +90,81 @@ def _stored_cells(details: list[dict], rows: list[dict], scorers: dict[str, dict
     return out
 
 
+# -- uncertainty -------------------------------------------------------------------------------------
+@dataclass
+class Noise:
+    """What the page shows of the intervals: per SAE and column its Interval, per directed headline
+    column the SAEs tied with the best, and the headline columns without an interval (with why)."""
+
+    intervals: dict[SAEKey, dict[str, Interval]] = field(default_factory=dict)
+    tied: dict[str, set[SAEKey]] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    resamples: int = DEFAULT_RESAMPLES
+
+    @classmethod
+    def of(cls, stored: StoredUnits, columns: list[str], rows: list[dict], resamples: int) -> Noise:
+        ivs = intervals(stored, columns, resamples=resamples)
+        tied = {}
+        for column in columns:
+            declared = headline(column, stored.scorers)
+            if declared is None or declared.higher_is_better is None:
+                continue
+            marked = tied_with_best(stored, column, rows, resamples=resamples)
+            contested = _contested(stored, column, rows)  # a lone SAE is not "tied with the best"
+            tied[column] = {k for k in marked if k[:2] in contested}
+        return cls(ivs, tied, without_interval(stored, columns, rows), resamples)
+
+    def interval(self, row: dict, column: str) -> Interval | None:
+        iv = self.intervals.get((row["model"], row["hookpoint"], row["sae"]), {}).get(column)
+        return iv if iv is not None and iv.low is not None and iv.high is not None else None
+
+    def is_tied(self, row: dict, column: str) -> bool:
+        return (row["model"], row["hookpoint"], row["sae"]) in self.tied.get(column, ())
+
+
+def _contested(stored: StoredUnits, column: str, rows: list[dict]) -> set[tuple[str, str]]:
+    """The (model, hook point)s where at least two SAEs have a value of ``column`` and its units."""
+    seen: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (r["model"], r["hookpoint"], r["sae"])
+        if isinstance(r.get(column), (int, float)) and stored.units(key, column) is not None:
+            seen[key[:2]] = seen.get(key[:2], 0) + 1
+    return {group for group, n in seen.items() if n >= 2}
+
+
+def _unit_names(noise: Noise) -> str:
+    kinds = dict.fromkeys(iv.unit for by in noise.intervals.values() for iv in by.values() if iv.low is not None)
+    return " / ".join(_plural(k) for k in sorted(kinds))
+
+
+def _plural(unit: str) -> str:
+    return "test examples" if unit == "example" else f"{unit}s"
+
+
+def _legend(noise: Noise) -> str:
+    """The line above the table that says what ± and ★ mean (empty when the page shows neither)."""
+    units = _unit_names(noise)
+    if not units:
+        return ""
+    level = next(iv.level for by in noise.intervals.values() for iv in by.values())
+    star = "; ★ tied with the best within noise (per model and hook point)" if any(noise.tied.values()) else ""
+    return (
+        f'<p class="note">± : {level:.0%} bootstrap interval over {esc(units)} ({noise.resamples} resamples){star}</p>'
+    )
+
+
+def _missing(noise: Noise) -> str:
+    if not noise.missing:
+        return ""
+    items = "".join(f"<li><code>{esc(c)}</code>: {esc(why)}</li>" for c, why in noise.missing.items())
+    return f'<h3>Metrics without an interval</h3><ul class="no-interval">{items}</ul>'
+
+
 # -- leaderboard -------------------------------------------------------------------------------------
-def _leaderboard(columns: list[str], rows: list[dict], cells: list[dict]) -> str:
+def _leaderboard(columns: list[str], rows: list[dict], cells: list[dict], noise: Noise | None = None) -> str:
     if not rows:
         return '<p class="empty">No results in this store yet.</p>'
+    noise = noise or Noise()
     groups: dict[str, list[str]] = {}
     for column in columns:
         groups.setdefault(split_column(column)[0], []).append(column)
@@ -92,9 +176,17 @@ def _leaderboard(columns: list[str], rows: list[dict], cells: list[dict]) -> str
         for i, c in enumerate(ordered)
         if i >= len(ID_COLUMNS)
     )
-    body = "".join("<tr>" + "".join(_cell(r.get(c)) for c in ordered) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            _cell(r.get(c), noise.interval(r, c), noise.is_tied(r, c)) if i >= len(ID_COLUMNS) else _cell(r.get(c))
+            for i, c in enumerate(ordered)
+        )
+        + "</tr>"
+        for r in rows
+    )
     out = (
-        f'<div class="scroll"><table class="sortable" id="leaderboard-table"><thead><tr>{top}</tr><tr>{second}</tr>'
+        f'{_legend(noise)}<div class="scroll"><table class="sortable" id="leaderboard-table"><thead><tr>{top}</tr><tr>{second}</tr>'
         f'</thead><tbody>{body}</tbody></table></div><p class="note">Click a column header to sort; '
         "click again to reverse. Empty cells: not computed.</p>"
     )
@@ -105,14 +197,32 @@ def _leaderboard(columns: list[str], rows: list[dict], cells: list[dict]) -> str
             for c in failed
         )
         out += f"<details><summary>{len(failed)} failed cell(s)</summary><ul>{items}</ul></details>"
-    return out
+    return out + _missing(noise)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, iv: Interval | None = None, tied: bool = False) -> str:
+    """A table cell; a number with an interval reads "value ± half-width" (the bounds in its tooltip)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         key = repr(float(value)) if math.isfinite(value) else ("Infinity" if value > 0 else "-Infinity")
-        return f'<td class="num" data-sort="{esc(key)}">{esc(fmt(value))}</td>'
+        text, title = esc(fmt(value)), ""
+        if iv is not None and iv.low is not None and iv.high is not None:
+            text += f' <span class="pm">± {esc(_like(fmt(value), (iv.high - iv.low) / 2))}</span>'
+            bounds = f"{iv.level:.0%} interval [{iv.low:.6g}, {iv.high:.6g}] over {iv.units} {_plural(iv.unit)}"
+            title = f' title="{esc(bounds)}"'
+        if tied:
+            text += ' <span class="star" title="tied with the best within noise">★</span>'
+        return f'<td class="{"num tied" if tied else "num"}" data-sort="{esc(key)}"{title}>{text}</td>'
     return f'<td data-sort="{esc("" if value is None else value)}">{esc("" if value is None else value)}</td>'
+
+
+def _like(shown: str, number: float) -> str:
+    """``number`` with as many decimals as the formatted value ``shown`` (fmt's own form when that would
+    read 0, or when ``shown`` is in e-notation)."""
+    if "e" in shown or not math.isfinite(number):
+        return fmt(number)
+    decimals = len(shown.split(".")[1]) if "." in shown else 0
+    out = f"{number:,.{decimals}f}"
+    return out if number == 0 or out.strip("0.,") else fmt(number)
 
 
 # -- latent cards ------------------------------------------------------------------------------------

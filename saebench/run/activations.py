@@ -49,6 +49,19 @@ class ActivationCache:
     def tokens(self) -> Tensor:
         return load_file(str(self.folder / "contexts.safetensors"))["tokens"]
 
+    def token_contexts(self, special_mask: Callable[[Tensor], Tensor] | None = None) -> Tensor | None:
+        """[n_tokens] int64: the context of each cached row. Caches written before the manifest counted
+        tokens per context need the adapter's ``special_mask`` to recount them (None without it)."""
+        counts = self.manifest.get("context_tokens")
+        if counts is None:
+            if special_mask is None:
+                return None
+            counts = (~special_mask(self.tokens())).sum(dim=1).tolist()
+        ids = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.int64))
+        if ids.numel() != self.n_tokens:
+            raise ValueError(f"{self.folder}: {ids.numel()} tokens by context, {self.n_tokens} cached")
+        return ids
+
     def batches(self, batch_tokens: int, max_tokens: int | None = None) -> Iterator[Tensor]:
         """Batches [≤ batch_tokens, d] in cache order; every batch is full except possibly the last."""
         budget = self.n_tokens if max_tokens is None else min(max_tokens, self.n_tokens)
@@ -127,9 +140,11 @@ def _fill(
 ) -> dict[str, ActivationCache]:
     hookpoints: Sequence[str] = list(folders)
     writers = {h: _ShardWriter(tmp[h], adapter.d_model(h)) for h in hookpoints}
+    per_context: list[int] = []
     for start in range(0, contexts.shape[0], batch_contexts):
         batch = contexts[start : start + batch_contexts]
         keep = ~adapter.special_mask(batch)
+        per_context += keep.sum(dim=1).tolist()
         captured = adapter.capture(batch, hookpoints)
         for h in hookpoints:
             writers[h].add(captured[h][keep].float())
@@ -146,6 +161,7 @@ def _fill(
             "d": writers[h].d,
             "shards": writers[h].shards,
             "n_contexts": int(contexts.shape[0]),
+            "context_tokens": per_context,
             "describe": describe or {},
         }
         (tmp[h] / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -45,7 +45,7 @@ class RunContext:
 
     @property
     def seed(self) -> int:
-        return self.plan.matrix.seed
+        return self.plan.matrix.run_seed
 
     def where(self, key: str) -> str:
         return f"{self.plan.source}: {key}"
@@ -100,9 +100,19 @@ class RunContext:
     def eval_cache(self, sae: str) -> ActivationCache:
         return ActivationCache(self.plan.saes[sae].eval_cache)
 
-    def probe_data(self, model: str, hookpoint: str, task: Any, *, context_length: int, max_rows: int) -> ProbeData:
+    def token_contexts(self, sae: str) -> torch.Tensor | None:
+        """The context of each evaluation activation of an SAE's hook point (what token metrics resample)."""
+        cache = self.eval_cache(sae)
+        model = self.plan.saes[sae].spec.model
+        mask = lambda tokens: self.adapter(model).special_mask(tokens)  # noqa: E731 - loads the model only for an old cache
+        return self.last("token_contexts", cache.folder, lambda: cache.token_contexts(mask))
+
+    def probe_data(
+        self, model: str, hookpoint: str, task: Any, *, context_length: int, max_rows: int, seed: int | None = None
+    ) -> ProbeData:
         """A probe task's activations at one hook point: from the cache, or one forward pass that fills
-        the cache of every hook point of ``model`` that this run scores."""
+        the cache of every hook point of ``model`` that this run scores. ``seed`` splits train and test."""
+        seed = self.seed if seed is None else seed
         key = cache_key(
             part="probe",
             format=PROBE_FORMAT,
@@ -110,7 +120,7 @@ class RunContext:
             task=task.identity(),
             context_length=context_length,
             max_rows=max_rows,
-            seed=self.seed,
+            seed=seed,
         )
         folder_of = lambda h: self.plan.cache_dir / "probes" / f"{model}-{h}-{task.name}-{key}"  # noqa: E731
         folder = folder_of(hookpoint)
@@ -118,7 +128,7 @@ class RunContext:
             if not ProbeData.exists(folder):
                 with self.lock(folder_of("all"), f"probe data {task.name} ({model})"):
                     if not ProbeData.exists(folder):  # built while this run waited
-                        self._build_probe_data(model, hookpoint, task, folder_of, context_length, max_rows)
+                        self._build_probe_data(model, hookpoint, task, folder_of, context_length, max_rows, seed)
             self.probe_memo[folder] = ProbeData.load(folder)
         return self.probe_memo[folder]
 
@@ -130,6 +140,7 @@ class RunContext:
         folder_of: Callable[[str], Path],
         context_length: int,
         max_rows: int,
+        seed: int,
     ) -> None:
         hooks = sorted({e.spec.hookpoint for e in self.plan.saes.values() if e.spec.model == model} | {hookpoint})
         with self.progress.bar(f"probe data {task.name} ({model})", total=None, unit="text") as bar:
@@ -139,7 +150,7 @@ class RunContext:
                 hooks,
                 context_length=context_length,
                 max_rows=max_rows,
-                seed=self.seed,
+                seed=seed,
                 progress=bar.update,
             )
         for h, data in built.items():
@@ -170,7 +181,7 @@ class RunContext:
         return marker.is_file() and json.loads(marker.read_text()).get("hash") == entry.train_hash
 
     def untrained(self) -> list[SAEEntry]:
-        return [e for e in self.plan.saes.values() if e.folder is not None and not self.trained(e)]
+        return [e for e in self.plan.saes.values() if e.folder and not e.replica_of and not self.trained(e)]
 
     def load_sae(self, sae: str, keep: bool = False) -> SAE:
         """An SAE of the matrix: its checkpoint, or the folder it was trained into. One the checks loaded

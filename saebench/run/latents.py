@@ -30,6 +30,7 @@ from saebench.run.progress import Bar
 from saebench.run.recorder import Results
 from saebench.run.store import CellKey
 from saebench.sae import SAE
+from saebench.uncertainty import Units
 
 #: what a latent's work is reported with: (latent, result or None, error or None)
 StoreOne = Callable[[int, "dict[str, Any] | None", "str | None"], None]
@@ -37,14 +38,15 @@ StoreOne = Callable[[int, "dict[str, Any] | None", "str | None"], None]
 
 def record_sae(out: Results, ctx: RunContext, name: str, sae: SAE) -> None:
     """Store the SAE's resolved configuration (what the report shows of it), as it was loaded."""
-    spec = ctx.plan.saes[name].spec
-    out.write_sae(spec.model, spec.hookpoint, name, sae.cfg.model_dump(mode="json", exclude={"metadata"}))
+    entry = ctx.plan.saes[name]
+    spec = entry.spec
+    out.write_sae(spec.model, spec.hookpoint, entry.stored_as, sae.cfg.model_dump(mode="json", exclude={"metadata"}))
 
 
 def records_path(ctx: RunContext, sae: str, part: Sequence[int] | None = None) -> Path:
     """Where an SAE's latent records are cached (those of the latents in ``part`` alone, when given)."""
     entry = ctx.plan.saes[sae]
-    key = cache_key(sae=entry.identity, cache=entry.eval_cache.name, interp=ctx.plan.record_config.model_dump())
+    key = cache_key(sae=entry.identity, cache=entry.eval_cache.name, interp=entry.record_config.model_dump())
     name = f"{sae}-{key}"
     if part is not None:  # an executor's share of the latents, built and stored on its own
         name += f"-part-{cache_key(latents=list(part))}"
@@ -68,7 +70,7 @@ def _cached_or_built(ctx: RunContext, sae_name: str, part: Sequence[int] | None,
 
 def _build(ctx: RunContext, sae_name: str, part: Sequence[int] | None, path: Path) -> RecordSet:
     sae = ctx.sae(sae_name)
-    cfg = ctx.plan.record_config
+    cfg = ctx.plan.saes[sae_name].record_config
     cache = ctx.eval_cache(sae_name)
     adapter = ctx.adapter(ctx.plan.saes[sae_name].spec.model)
     latents = list(part) if part is not None else select_latents(sae.cfg.d_sae, cfg)
@@ -181,7 +183,7 @@ class _LatentsRun:
                 llm=self.ctx.llm(cell),
                 tokens=cache.tokens(),
                 adapter=self.ctx.adapter(model) if scorer.needs_model else None,
-                seed=self.ctx.seed,
+                seed=self.ctx.plan.saes[self.sae_name].seed,
             )
             with self.ctx.progress.bar(f"{cell.key.scorer} {self.sae_name}", len(self.records), "latent") as bar:
                 jobs = {
@@ -194,11 +196,12 @@ class _LatentsRun:
             failed = self._unfinished(cell, [r.latent for r in explained if r.latent not in done])
         if self.share is not None:
             return
-        metrics = dict(scorer.aggregate([scores[k] for k in sorted(scores)]))
+        ordered = [scores[k] for k in sorted(scores)]
+        metrics = dict(scorer.aggregate(ordered))
         metrics["unexplained"] = float(sum(1 for e in explanations.values() if e.text is None))
         # a latent without an explanation (its explainer's LLM gave up) is unfinished here too
         metrics["failed_latents"] = float(len(failed) + sum(1 for r in self.records if r.latent not in explanations))
-        self._finish(cell, metrics, {"failed": {str(k): v for k, v in failed.items()}}, start)
+        self._finish(cell, metrics, {"failed": {str(k): v for k, v in failed.items()}}, start, scorer.units(ordered))
 
     def _unfinished(self, cell: Cell, latents: list[int]) -> dict[int, str]:
         """Latents with no stored result, with the error their worker stored (if any)."""
@@ -211,9 +214,9 @@ class _LatentsRun:
 
         return store_one
 
-    def _finish(self, cell: Cell, metrics: dict, details: dict, start: float) -> None:
+    def _finish(self, cell: Cell, metrics: dict, details: dict, start: float, units: Units | None = None) -> None:
         seconds = time.perf_counter() - start
-        self.out.write_cell(cell.key, **cell.row(self.run_id, seconds, metrics=metrics, details=details))
+        self.out.write_cell(cell.key, **cell.row(self.run_id, seconds, metrics=metrics, details=details, units=units))
 
 
 async def for_each_latent(
@@ -279,7 +282,7 @@ def explain_latents(
                 cache.batches,
                 Corpus.of(ctx.adapter(entry.spec.model), cache.tokens()),
                 todo,
-                ctx.plan.record_config,
+                entry.record_config,
             )
 
         async def explain_each() -> list[Any]:

@@ -134,6 +134,12 @@ class Matrix(BaseModel):
     name: str
     output: str
     seed: int = 0
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="repeat the stochastic cells (latent sample, examples, judge sampling, probe splits) once per "
+        "seed, as cells with the seed in their label (detection@s1); the first seed also runs everything else",
+    )
     cache_dir: str | None = Field(None, description="activation cache; default OUTPUT/cache (share it across matrices)")
     data: DataSpec = Field(default_factory=DataSpec)
     models: list[ModelSpec] = Field(min_length=1)
@@ -152,6 +158,21 @@ class Matrix(BaseModel):
     def ray(self) -> RaySpec | None:
         """The Ray executor's settings; None for the local executor."""
         return None if self.executor == "local" else RayExecutor.model_validate(self.executor).ray
+
+    @model_validator(mode="after")
+    def _one_seed_setting(self) -> Matrix:
+        if self.seeds is None:
+            return self
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: each seed once")
+        if "seed" in self.model_fields_set or "seed" in self.interp:
+            raise ValueError("give 'seeds' or 'seed' (and interp.seed), not both: seeds[0] is the run's seed")
+        return self
+
+    @property
+    def run_seed(self) -> int:
+        """The seed of everything that is not repeated (training, and the first repeat)."""
+        return self.seeds[0] if self.seeds else self.seed
 
     @field_validator("scorers", "explainers", mode="before")
     @classmethod

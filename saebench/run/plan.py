@@ -14,10 +14,12 @@ options (:class:`Components`) and file fingerprints. Executors decide where its 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +37,20 @@ StageKind = Literal["activations", "train", "records", "latents", "cells"]
 #: the stage kinds, in the order every executor runs them
 STAGE_KINDS: tuple[StageKind, ...] = ("activations", "train", "records", "latents", "cells")
 LATENT_KINDS = ("explain", "interp")
+#: the cell kinds a matrix's ``seeds`` repeat: what depends on a seed (latent sample, example and judge
+#: sampling, probe splits); intrinsic cells are deterministic given the evaluation tokens
+SEEDED_KINDS = ("probe", "explain", "interp")
+_SEED_LABEL = re.compile(r"(.*)@s(-?\d+)")
+
+
+def seed_label(label: str, seed: int) -> str:
+    return f"{label}@s{seed}"
+
+
+def split_seed(label: str) -> tuple[str, int | None]:
+    """("detection", 1) for the label of a repeated cell, "detection@s1"; (label, None) otherwise."""
+    m = _SEED_LABEL.fullmatch(label)
+    return (m.group(1), int(m.group(2))) if m else (label, None)
 
 
 def config_hash(obj: Any) -> str:
@@ -79,13 +95,23 @@ class SAEEntry:
     spec: SAESpec
     identity: dict[str, Any]  # the cells' "sae": path, format and fingerprint; or train and train_hash
     eval_cache: Path
+    record_config: RecordConfig
+    seed: int
     train_hash: str | None = None
     folder: Path | None = None  # where a trained SAE is saved
     train_cache: Path | None = None
+    #: a repeat of another entry's seeded cells with another seed (NAME@sSEED): same SAE, never trained twice
+    replica_of: str | None = None
 
     @property
     def name(self) -> str:
+        """The entry's name in the plan (stage keys); ``NAME@sSEED`` for a repeat."""
         return self.spec.name
+
+    @property
+    def stored_as(self) -> str:
+        """The SAE's name in the results (a repeat's cells are the same SAE's)."""
+        return self.replica_of or self.spec.name
 
 
 @dataclass(frozen=True)
@@ -195,28 +221,49 @@ def make_plan(matrix: Matrix, source: str, components: Components) -> Plan:
     cache_dir = Path(matrix.cache_dir) if matrix.cache_dir else output / "cache"
     plan = Plan(matrix, source, output, cache_dir, components.record_config)
     data = matrix.data.model_dump()
+    seeds = matrix.seeds or [matrix.seed]
     for index, spec in enumerate(matrix.saes):
         model = plan.model_desc(spec.model)
         eval_cache = plan.eval_cache(spec.model, spec.hookpoint)
+        records = _seeded(components.record_config, matrix.seeds, seeds[0])
         if spec.path is not None:
             identity = {"path": spec.path, "format": spec.format, "fingerprint": fingerprint(spec.path)}
-            plan.saes[spec.name] = SAEEntry(index, spec, identity, eval_cache)
+            entry = SAEEntry(index, spec, identity, eval_cache, records, seeds[0])
         else:
             train_hash = config_hash(
-                {"model": model, "hookpoint": spec.hookpoint, "data": data, "train": spec.train, "seed": matrix.seed}
+                {"model": model, "hookpoint": spec.hookpoint, "data": data, "train": spec.train, "seed": seeds[0]}
             )
-            plan.saes[spec.name] = SAEEntry(
+            entry = SAEEntry(
                 index,
                 spec,
                 {"train": spec.train, "train_hash": train_hash},
                 eval_cache,
+                records,
+                seeds[0],
                 train_hash,
                 output / "saes" / spec.name,
                 plan.train_cache(spec.model, spec.hookpoint, int(spec.train["tokens"])),
             )
-        plan.cells += _cells(plan, plan.saes[spec.name], model, components)
+        plan.saes[spec.name] = entry
+        plan.cells += _cells(plan, entry, model, components)
+        for seed in seeds[1:]:
+            name = seed_label(spec.name, seed)
+            replica = dataclasses.replace(
+                entry,
+                spec=spec.model_copy(update={"name": name}),
+                record_config=_seeded(components.record_config, matrix.seeds, seed),
+                seed=seed,
+                replica_of=spec.name,
+            )
+            plan.saes[name] = replica
+            plan.cells += [c for c in _cells(plan, replica, model, components) if c.kind in SEEDED_KINDS]
     plan.stages = _stages(plan)
     return plan
+
+
+def _seeded(config: RecordConfig, seeds: list[int] | None, seed: int) -> RecordConfig:
+    """The records' configuration of one repeat: the latent sample and examples drawn with its seed."""
+    return config.model_copy(update={"seed": seed}) if seeds else config
 
 
 def _cells(plan: Plan, entry: SAEEntry, model: dict[str, Any], components: Components) -> list[Cell]:
@@ -225,10 +272,12 @@ def _cells(plan: Plan, entry: SAEEntry, model: dict[str, Any], components: Compo
     registry = plugin_manager.get_registry()
     m, spec = plan.matrix, entry.spec
     base = {"model": model, "hookpoint": spec.hookpoint, "data": m.data.model_dump(), "sae": entry.identity,
-            "seed": m.seed, "saebench": saebench.__version__}  # fmt: skip
+            "seed": entry.seed, "saebench": saebench.__version__}  # fmt: skip
 
     def cell(label: str, kind: CellKind, plugin: str, component: int, config: dict, **rest: Any) -> Cell:
-        key = CellKey(spec.model, spec.hookpoint, spec.name, label)
+        if m.seeds and kind in SEEDED_KINDS:
+            label = seed_label(label, entry.seed)
+        key = CellKey(spec.model, spec.hookpoint, entry.stored_as, label)
         return Cell(key, spec.name, kind, plugin, component, config, config_hash(config), **rest)
 
     def scorer_config(i: int) -> dict[str, Any]:
@@ -246,7 +295,7 @@ def _cells(plan: Plan, entry: SAEEntry, model: dict[str, Any], components: Compo
             config["rules"] = components.rule_config()
         cells.append(cell(sspec.name, scorer.family, sspec.name, i, config))
     for e, (espec, explainer, llm) in enumerate(components.explainers if interp else ()):
-        config = {**base, "interp": plan.record_config.model_dump(), "explainer": espec.model_dump(),
+        config = {**base, "interp": entry.record_config.model_dump(), "explainer": espec.model_dump(),
                   "explainer_version": registry.info("explainer", espec.name).version,
                   "llm": explainer.llm.identity if explainer.llm else None}  # fmt: skip
         explain = cell(f"explain[{espec.name}]", "explain", espec.name, e, config, explainer=espec.name, llm=llm)
@@ -265,9 +314,12 @@ def _stages(plan: Plan) -> list[Stage]:
     """The stage graph in the order executors run it: every model's activations, every SAE's training,
     then per SAE its latent records, latents and cells."""
     stages = [Stage("activations", m.name) for m in plan.matrix.models]
-    stages += [Stage("train", e.name, (("activations", e.spec.model),)) for e in plan.saes.values() if e.folder]
+    trained = [e for e in plan.saes.values() if e.folder and not e.replica_of]
+    stages += [Stage("train", e.name, (("activations", e.spec.model),)) for e in trained]
     for e in plan.saes.values():
-        before: tuple[tuple[str, str], ...] = (("train", e.name),) if e.folder else (("activations", e.spec.model),)
+        before: tuple[tuple[str, str], ...] = (
+            (("train", e.stored_as),) if e.folder else (("activations", e.spec.model),)
+        )
         if plan.cells_of(e.name, LATENT_KINDS):
             stages.append(Stage("records", e.name, before))
             stages.append(Stage("latents", e.name, (("records", e.name),)))

@@ -372,7 +372,7 @@ class RayExecutor:
         """The latents of each records task of an SAE: [None] for one task building them all. A list or
         all of the latents is split into ``latents_per_records_task``; a sample of N is drawn (and built)
         in one task."""
-        cfg = self.ctx.plan.record_config
+        cfg = self.ctx.plan.saes[sae].record_config
         if not (cfg.latents == "all" or isinstance(cfg.latents, list)):
             return [None]
         chosen = select_latents(self.ctx.d_sae(sae), cfg)

@@ -255,12 +255,13 @@ def cells(ctx: RunContext, out: Results, run_id: int, name: str, cells: list[Cel
                 hookpoint=cell.key.hookpoint,
                 activations=cache.batches,
                 tokens=tokens,
-                seed=ctx.seed,
+                seed=entry.seed,
                 adapter=ctx.adapter(entry.spec.model) if scorer.needs_model else None,
-                probe_data=partial(ctx.probe_data, entry.spec.model, entry.spec.hookpoint)
+                probe_data=partial(ctx.probe_data, entry.spec.model, entry.spec.hookpoint, seed=entry.seed)
                 if cell.kind == "probe"
                 else None,
                 explain=partial(explain_latents, ctx, out, name, sae, cache) if scorer.uses_explanations else None,
+                token_contexts=ctx.token_contexts(name),
             )
             result = scorer.score(sae, inputs)
         except (KeyboardInterrupt, SaebenchError):
@@ -269,4 +270,5 @@ def cells(ctx: RunContext, out: Results, run_id: int, name: str, cells: list[Cel
             out.write_cell(cell.key, **cell.row(run_id, time.perf_counter() - start, error=one_line(exc)))
         else:
             seconds = time.perf_counter() - start
-            out.write_cell(cell.key, **cell.row(run_id, seconds, metrics=result.metrics, details=result.details))
+            row = cell.row(run_id, seconds, metrics=result.metrics, details=result.details, units=result.units)
+            out.write_cell(cell.key, **row)

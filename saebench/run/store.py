@@ -21,6 +21,7 @@ from typing import Any
 
 from saebench.errors import ConfigError
 from saebench.files import SQLITE_BUSY_S
+from saebench.uncertainty import Units
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -81,6 +82,16 @@ CREATE TABLE IF NOT EXISTS saes (
     config TEXT NOT NULL,
     updated REAL NOT NULL,
     PRIMARY KEY (model, hookpoint, sae)
+);
+CREATE TABLE IF NOT EXISTS units (
+    model TEXT NOT NULL,
+    hookpoint TEXT NOT NULL,
+    sae TEXT NOT NULL,
+    scorer TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (model, hookpoint, sae, scorer)
 );
 CREATE TABLE IF NOT EXISTS scorers (
     scorer TEXT PRIMARY KEY,
@@ -227,11 +238,18 @@ class ResultsStore:
         metrics: dict[str, float | None] | None = None,
         details: dict[str, Any] | None = None,
         error: str | None = None,
+        units: Units | None = None,
     ) -> None:
-        """Replace the cell's row and metrics atomically: done with metrics, or failed with an error."""
+        """Replace the cell's row, metrics and per-unit statistics atomically: done with metrics, or failed
+        with an error."""
         k = (key.model, key.hookpoint, key.sae, key.scorer)
         with self._transaction():
             self.db.execute("DELETE FROM metrics WHERE model=? AND hookpoint=? AND sae=? AND scorer=?", k)
+            self.db.execute("DELETE FROM units WHERE model=? AND hookpoint=? AND sae=? AND scorer=?", k)
+            if units is not None and not error:
+                self.db.execute(
+                    "INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?)", (*k, units.unit, units.n, units.to_blob())
+                )
             self.db.execute(
                 "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -336,6 +354,17 @@ class ResultsStore:
             "SELECT m.model, m.hookpoint, m.sae, m.scorer, m.metric, m.value FROM metrics m JOIN cells c "
             "USING (model, hookpoint, sae, scorer) WHERE c.status = 'done' ORDER BY c.rowid, m.rowid"
         )
+
+    def units(self) -> dict[CellKey, Units]:
+        """Every finished cell's per-unit statistics (what intervals and comparisons resample)."""
+        rows = self.db.execute(
+            "SELECT u.model, u.hookpoint, u.sae, u.scorer, u.data FROM units u JOIN cells c "
+            "USING (model, hookpoint, sae, scorer) WHERE c.status = 'done'"
+        )
+        return {CellKey(m, h, s, sc): Units.from_blob(d) for m, h, s, sc, d in rows}
+
+    def units_bytes(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM units").fetchone()[0])
 
     def integrity_ok(self) -> bool:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -545,3 +545,77 @@ def test_downstream_with_nothing_to_count_gives_none():
     m = DownstreamScorer().score(sae, downstream_inputs(adapter, torch.tensor([[BOS, 5, EOS, PAD]]))).metrics
     assert m["tokens"] == 0
     assert all(v is None for k, v in m.items() if k != "tokens")
+
+
+# -- per-unit statistics (the bootstrap's input) -------------------------------------------------
+
+
+def with_contexts(x, n_contexts=20, seed=0):
+    """inputs_from(x) whose rows belong to contexts in order (some contexts empty), and those context ids."""
+    g = np.random.default_rng(seed)
+    ctx = np.sort(g.integers(0, n_contexts, size=len(x)))
+    inputs = inputs_from(x, tokens=torch.zeros(n_contexts, 4, dtype=torch.long))
+    inputs.token_contexts = torch.from_numpy(ctx)
+    return inputs, ctx
+
+
+@pytest.mark.parametrize("arch,extra", ARCHS, ids=[a for a, _ in ARCHS])
+def test_sparsity_units_recompute_l0_and_dead_fraction(arch, extra):
+    from saebench.uncertainty import draws
+
+    sae, x, f, _ = random_case(arch, extra)
+    inputs, ctx = with_contexts(x)
+    res = SparsityScorer(batch_tokens=37).score(sae, inputs)
+    u = res.units
+    assert u.unit == "context" and u.ids == sorted(set(ctx.tolist()))
+    for m in ("l0", "dead_fraction"):
+        assert u.value(m) == pytest.approx(res.metrics[m], abs=1e-12)
+    active = (f != 0).sum(1)
+    assert u.columns["active"] == [float(active[ctx == c].sum()) for c in u.ids]
+    # on a resample, a latent is dead when it fires on no token of a drawn context
+    w = draws(u.n, None, 30, np.random.default_rng(1))
+    want = []
+    for row in w:
+        drawn = np.isin(ctx, np.asarray(u.ids)[row > 0])
+        want.append(float(np.mean((f[drawn] != 0).sum(0) == 0)))
+    assert u.values("dead_fraction", w).tolist() == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("arch,extra", ARCHS, ids=[a for a, _ in ARCHS])
+def test_reconstruction_units_are_per_context_float64_sums(arch, extra):
+    sae, x, _, x_hat = random_case(arch, extra)
+    inputs, ctx = with_contexts(x, seed=2)
+    res = ReconstructionScorer(batch_tokens=50).score(sae, inputs)
+    u = res.units
+    for m in ("explained_variance", "fvu", "mse", "cosine", "l2_ratio", "relative_reconstruction_bias"):
+        assert u.value(m) == pytest.approx(res.metrics[m], rel=1e-9), m
+    x64, xh = x.astype(np.float64), np.asarray(x_hat, dtype=np.float64)
+    sse = ((x64 - xh) ** 2).sum(1)
+    tss = ((x64 - x64.mean(0)) ** 2).sum(1)
+    assert u.columns["sse"] == pytest.approx([sse[ctx == c].sum() for c in u.ids], rel=1e-5)
+    assert u.columns["tss"] == pytest.approx([tss[ctx == c].sum() for c in u.ids], rel=1e-9)
+    # the metric on a subset of contexts is the metric of those tokens (with x̄ of all tokens held fixed)
+    w = np.zeros((1, u.n))
+    w[0, : u.n // 2] = 1
+    rows = np.isin(ctx, u.ids[: u.n // 2])
+    assert u.values("fvu", w)[0] == pytest.approx(sse[rows].sum() / tss[rows].sum(), rel=1e-5)
+
+
+def test_scores_without_token_contexts_have_no_units():
+    sae, x, _, _ = random_case("relu", {})
+    assert SparsityScorer().score(sae, inputs_from(x)).units is None
+    assert ReconstructionScorer().score(sae, inputs_from(x)).units is None
+
+
+def test_downstream_units_on_a_subset_of_contexts_equal_the_reference_on_those_contexts():
+    adapter = TinyAdapter()
+    sae, w = sae_for_model("relu")
+    res = DownstreamScorer(tokens=10_000).score(sae, downstream_inputs(adapter))
+    u = res.units
+    assert u.unit == "context" and u.ids == [0, 1, 2, 3, 4]
+    for m in ("ce_loss_score", "kl_score", "delta_lm_loss", "ce_clean", "ce_sae", "kl_sae"):
+        assert u.value(m) == pytest.approx(res.metrics[m], rel=1e-9), m
+    first_two = np.array([[1.0, 1.0, 0.0, 0.0, 0.0]])
+    want = reference_downstream(adapter.w, TOKENS[:2], "relu", w)
+    for m in ("ce_loss_score", "kl_score", "delta_lm_loss"):  # ratios of totals, not ratios of means
+        assert u.values(m, first_two)[0] == pytest.approx(want[m], rel=1e-4, abs=1e-5), m

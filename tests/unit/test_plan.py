@@ -1,8 +1,9 @@
 """The plan: cells, their configuration hashes and the stage graph, from a matrix alone.
 
-The hashes below were computed by saebench before the restructuring into plan, stages and executors
-(commit b04b171, ``Runner.plan()``): a run started then finds its finished cells now and resumes.
-They change only with the package version or a deliberate change of what a cell's hash covers.
+The hashes below were computed by saebench 0.1.0 before the restructuring into plan, stages and
+executors (commit b04b171, ``Runner.plan()``). The test sets the version back to 0.1.0 and expects
+them exactly: what a cell's hash covers changes only deliberately. (0.2.0 stores per-unit
+statistics with every cell, so a 0.1.0 store's cells are recomputed once.)
 """
 
 from pathlib import Path
@@ -62,8 +63,18 @@ def plan():
     return make_plan(matrix, "golden.yaml", build_components(matrix, "golden.yaml"))
 
 
-def test_cell_hashes_are_those_of_runs_started_before_the_restructuring():
-    p = plan()
+def test_cell_hashes_are_those_of_runs_started_before_the_restructuring(monkeypatch):
+    import saebench
+    from saebench import plugin_manager
+
+    monkeypatch.setattr(saebench, "__version__", "0.1.0")
+    monkeypatch.setattr(plugin_manager, "distribution_version", lambda: "0.1.0")
+    plugin_manager.reset()  # the built-ins' version is read when the registry is built
+    try:
+        p = plan()
+    finally:
+        monkeypatch.undo()
+        plugin_manager.reset()
     hashes = {"|".join([c.key.model, c.key.hookpoint, c.key.sae, c.key.scorer]): c.config_hash for c in p.cells}
     assert hashes == HASHES_BEFORE_THE_RESTRUCTURING
 
@@ -121,3 +132,41 @@ def test_the_dry_run_lists_stages_and_cells_without_computing(capsys):
     assert f"{len(p.cells)} cells, {len(pending)} to compute, 1 SAE(s) to train" in out
     assert "stage train topk (after activations gemma)" in out and "stage cells ckpt" not in out
     assert "ckpt × sparsity: finished" in out and "topk × sparsity: to compute" in out
+
+
+def seeded_plan(**changes):
+    m = {k: v for k, v in MATRIX.items() if k != "seed"} | {"seeds": [3, 7]} | changes
+    matrix = Matrix.model_validate(m)
+    return make_plan(matrix, "golden.yaml", build_components(matrix, "golden.yaml"))
+
+
+def test_seeds_repeat_the_seeded_cells_with_the_seed_in_their_label():
+    p = seeded_plan()
+    labels = {c.key.scorer for c in p.cells if c.key.sae == "topk"}
+    assert {"sparsity", "reconstruction", "downstream"} <= labels  # deterministic: once
+    for seed in (3, 7):
+        assert {f"treeprobe@s{seed}", f"sparse_probing@s{seed}", f"explain[llm]@s{seed}", f"detection[llm]@s{seed}"} <= labels
+    assert "sparsity@s3" not in labels and "detection[llm]" not in labels
+    # the repeat is a plan entry of its own (its records, latents and cells stages) but stores as the same SAE
+    replica = p.saes["topk@s7"]
+    assert replica.replica_of == "topk" and replica.seed == 7 and replica.record_config.seed == 7
+    assert {c.key.sae for c in p.cells_of("topk@s7")} == {"topk"}
+    assert {c.kind for c in p.cells_of("topk@s7")} == {"probe", "explain", "interp"}
+    assert p.saes["topk"].seed == 3 and p.saes["topk"].record_config.seed == 3
+    seeded = {c.key.scorer: c.config["seed"] for c in p.cells if c.key.sae == "topk"}
+    assert seeded["detection[llm]@s7"] == 7 and seeded["detection[llm]@s3"] == seeded["sparsity"] == 3
+    # trained once: no train stage for the repeat, whose stages wait for the base SAE's training
+    stages = [(s.kind, s.key) for s in p.stages]
+    assert ("train", "topk") in stages and ("train", "topk@s7") not in stages
+    after = {(s.kind, s.key): s.after for s in p.stages}
+    assert after[("records", "topk@s7")] == (("train", "topk"),)
+    assert len({c.key for c in p.cells}) == len(p.cells)  # no two cells share a key
+
+
+def test_seeds_and_seed_are_exclusive():
+    import pytest
+
+    with pytest.raises(ValueError, match="give 'seeds' or 'seed'"):
+        seeded_plan(seed=1)
+    with pytest.raises(ValueError, match="each seed once"):
+        seeded_plan(seeds=[1, 1])

@@ -9,16 +9,20 @@ place, and must come out escaped. tests/integration/test_report_browser.py opens
 import base64
 import html
 import re
+import time
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 
 from saebench.cli import main
 from saebench.interp.records import RecordConfig, RecordSet
 from saebench.interp.types import Example, Explanation, LatentRecord, LatentScore
-from saebench.results.html import PALETTE
+from saebench.results.html import PALETTE, fmt
+from saebench.results.report import write_report
 from saebench.run.store import CellKey, ResultsStore
+from saebench.uncertainty import interval, mean_units
 
 PAYLOADS = [
     "<script>alert(1)</script>",
@@ -315,3 +319,173 @@ def test_missing_store_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(tmp_path / "nowhere") in err and "results.sqlite" in err
     assert not (tmp_path / "nowhere").exists()
+
+
+# -- uncertainty: intervals, ties, error bars --------------------------------------------------------
+N_CONTEXTS = 200
+NOISY = ["near-a", "near-b", "worse", hostile("sae")]  # near-a and near-b within noise; worse is 0.05 below
+
+
+def noisy_units(name):
+    """Per-context explained variance / mse / l0 of one SAE. near-b is near-a plus an alternating ±0.01
+    (paired: the shared context noise cancels, the means differ by 0.0002); worse is 0.05 below."""
+    rng = np.random.default_rng(0)
+    base = 0.9 + 0.05 * rng.standard_normal(N_CONTEXTS)
+    wiggle = 0.01 * (-1.0) ** np.arange(N_CONTEXTS)
+    ev = {"near-a": base, "near-b": base + wiggle + 0.0002, "worse": base - 0.05 + wiggle}.get(name, base - 0.1)
+    l0 = {"near-a": 30.0, "near-b": 60.0, "worse": 10.0}.get(name, 5.0) + rng.uniform(-3, 3, N_CONTEXTS)
+    ids = list(range(N_CONTEXTS))
+    recon = mean_units("context", ids, {"explained_variance": list(ev), "mse": list(0.1 * (1 - ev))})
+    return recon, mean_units("context", ids, {"l0": list(l0)})
+
+
+def build_noisy_store(folder, with_units=True):
+    """Three SAEs at one hook point with per-context units for sparsity and reconstruction, a downstream
+    cell without units, and a fourth SAE at another hook point (alone there: nothing to be tied with)."""
+    store = ResultsStore(folder)
+    run = store.start_run({"name": "noisy", "output": str(folder)}, {"saebench": "0.1.0"}, seed=0)
+    cells = [{"model": MODEL, "hookpoint": HOOK if n != NOISY[3] else "layers.9", "sae": n} for n in NOISY]
+    wobble = {"plugin": "wobble", "family": "intrinsic",
+              "headline": [{"name": "wobble", "plot": False, "no_interval": hostile("reason")}]}  # fmt: skip
+    store.write_plan(run, {"cells": cells}, {"wobble": wobble})
+    for c in cells:
+        recon, sparsity = noisy_units(c["sae"])
+
+        def cell(scorer, units, metrics=None):
+            metrics = metrics or {m: units.value(m) for m in units.metrics}
+            key = CellKey(MODEL, c["hookpoint"], c["sae"], scorer)
+            store.write_cell(key, config_hash="h", config=_trained("topk"), run_id=run, seconds=1.0, metrics=metrics,
+                             units=units if with_units else None)  # fmt: skip
+
+        cell("sparsity", sparsity)
+        cell("reconstruction", recon)
+        cell("downstream", None, {"ce_loss_score": recon.value("explained_variance") - 0.01})
+        cell("wobble", None, {"wobble": 0.5})
+    store.finish_run(run, "done", {"total": 1.0})
+    store.close()
+
+
+class _Table(HTMLParser):
+    """The leaderboard: its metric columns (the header titles) and per row its cells' (class, title, text)."""
+
+    def __init__(self):
+        super().__init__()
+        self.columns, self.rows, self.cell, self.inside = [], [], None, False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.inside |= attrs.get("id") == "leaderboard-table"
+        if self.inside and tag == "th" and "title" in attrs:
+            self.columns.append(attrs["title"])
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag == "td":
+            self.cell = [attrs.get("class"), attrs.get("title"), ""]
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell[2] += data
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self.cell is not None:
+            self.rows[-1].append(tuple(self.cell))
+            self.cell = None
+        self.inside &= tag != "table"
+
+    def by_sae(self):
+        out = {}
+        for row in (r for r in self.rows if r):
+            out[row[2][2]] = dict(zip(["model", "hookpoint", "sae"] + self.columns, row))
+        return out
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("noisy")
+    build_noisy_store(folder)
+    start = time.perf_counter()
+    page = write_report(folder).read_text(encoding="utf-8")
+    took = time.perf_counter() - start
+    table = _Table()
+    table.feed(page)
+    return page, table.by_sae(), took
+
+
+def _images(page):
+    found = re.findall(r'<img alt="([^"]*) vs L0" src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', page)
+    return {c: base64.b64decode(d).decode() for c, d in found}
+
+
+def test_a_value_with_units_reads_value_plus_minus_half_width_with_the_bounds_in_its_tooltip(noisy):
+    page, rows, _ = noisy
+    for name in ("near-a", "worse"):
+        recon, _ = noisy_units(name)
+        for metric in ("explained_variance", "mse"):
+            iv = interval(recon, metric)  # independently of the report: the same seed, 1000 resamples
+            assert iv.high - iv.low > 0
+            _, title, text = rows[name][f"reconstruction.{metric}"]
+            value, half = re.fullmatch(r"(\S+) ± (\S+)(?: ★)?", text).groups()
+            assert value == fmt(recon.value(metric))
+            decimals = len(value.split(".")[1])  # the half-width is written like the value: as many decimals
+            assert len(half.split(".")[1]) == decimals, text
+            assert abs(float(half) - (iv.high - iv.low) / 2) <= 0.5 * 10**-decimals, (text, iv)
+            assert f"[{iv.low:.6g}, {iv.high:.6g}]" in title and f"{N_CONTEXTS} contexts" in title
+    assert "± : 95% bootstrap interval over contexts (1000 resamples); ★ tied with the best within noise" in page
+
+
+def test_the_saes_tied_with_the_best_are_starred_and_the_clearly_worse_one_is_not(noisy):
+    _, rows, _ = noisy
+    for column in ("reconstruction.explained_variance", "reconstruction.mse"):  # higher / lower is better
+        for name, tied in (("near-a", True), ("near-b", True), ("worse", False), (hostile("sae"), False)):
+            cls, _, text = rows[name][column]
+            assert ("★" in text) is tied and (cls == "num tied") is tied, (column, name, cls, text)
+    # l0 has no direction: no star, but an interval
+    assert not any("★" in rows[n]["sparsity.l0"][2] for n in NOISY) and "±" in rows["near-a"]["sparsity.l0"][2]
+
+
+def test_a_cell_without_units_shows_no_interval_and_its_metric_is_listed_with_why(noisy):
+    page, rows, _ = noisy
+    for name in NOISY:
+        cls, title, text = rows[name]["downstream.ce_loss_score"]
+        assert "±" not in text and title is None and "★" not in text
+    listed = re.search(r"<h3>Metrics without an interval</h3><ul[^>]*>(.*?)</ul>", page, re.S).group(1)
+    assert "<code>downstream.ce_loss_score</code>: its cells stored no per-unit statistics" in listed
+    assert f"<code>wobble.wobble</code>: {html.escape(hostile('reason'))}" in listed  # the declared reason
+    assert "reconstruction." not in listed and "sparsity." not in listed
+
+
+def test_the_frontier_plots_draw_each_points_intervals_as_error_bars(noisy, tmp_path):
+    images = _images(noisy[0])
+    ev, ce = images["reconstruction.explained_variance"], images["downstream.ce_loss_score"]
+    assert len(re.findall(r'id="yerr_\d+"', ev)) == 4 and len(re.findall(r'id="xerr_\d+"', ev)) == 4
+    # the ce_loss_score cells kept no units: only the L0 bars
+    assert len(re.findall(r'id="yerr_\d+"', ce)) == 0 and len(re.findall(r'id="xerr_\d+"', ce)) == 4
+    for kind, vertical in (("yerr", True), ("xerr", False)):
+        for path in re.findall(rf'<g id="{kind}_\d+">\s*<path d="M ([\d.]+) ([\d.]+) L ([\d.]+) ([\d.]+)', ev):
+            x1, y1, x2, y2 = map(float, path)
+            assert (x1 == x2 and y1 != y2) if vertical else (y1 == y2 and x1 != x2), (kind, path)
+    folder = tmp_path / "bare"
+    build_noisy_store(folder, with_units=False)  # the same numbers without units: no bars, no ±, no stars
+    page = write_report(folder).read_text(encoding="utf-8")
+    assert "err_" not in _images(page)["reconstruction.explained_variance"]
+    assert "±" not in page and "★" not in page and "<code>reconstruction.explained_variance</code>" in page
+
+
+def test_the_intervals_cost_little(noisy):
+    assert noisy[2] < 5.0  # the whole page, plots included, of 4 SAEs × 200 contexts; intervals are ms each
+
+
+def test_a_store_without_units_has_no_error_bars_nor_legend(report):
+    page, _ = report
+    assert "err_" not in "".join(_images(page).values()) and "bootstrap interval" not in page
+
+
+@pytest.mark.parametrize(
+    "shown, half, out",
+    [("0.9008", 0.0066234, "0.0066"), ("30.13", 0.2256, "0.23"), ("20,000", 1234.4, "1,234"),
+     ("0.5", 0.0123, "0.0123"), ("1.234e-04", 2.5e-05, "2.500e-05"), ("0.9", 0.0, "0.0")],
+)  # fmt: skip
+def test_the_half_width_is_written_with_the_values_decimals(shown, half, out):
+    from saebench.results.report import _like
+
+    assert _like(shown, half) == out
