@@ -110,7 +110,7 @@ def _quiet_third_party() -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from saebench.results.leaderboard import render
+    from saebench.results.leaderboard import View, render
     from saebench.run.execute import run_matrix
     from saebench.run.matrix import load_matrix
 
@@ -118,7 +118,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _quiet_third_party()
     report = run_matrix(args.matrix, quiet=args.quiet, dry_run=args.dry_run)
     if not args.quiet and not args.dry_run:
-        print(render(load_matrix(args.matrix).output, "markdown"))
+        print(render(load_matrix(args.matrix).output, "markdown", view=View(compact=sys.stdout.isatty())))
         print(
             f"\n{report.done} cell(s) computed, {report.skipped} already finished, {len(report.failed)} failed",
             file=sys.stderr,

@@ -108,7 +108,7 @@ class ContextSums:
             return None
         keep = torch.nonzero(self.sums[weight] != 0).flatten()
         cols = {k: v[keep].tolist() for k, v in {**self.sums, **extra}.items()}
-        return Units(unit="context", ids=keep.tolist(), columns=cols, metrics=metrics)
+        return Units(unit="context", ids=keep.tolist(), strata=None, columns=cols, metrics=metrics)
 
 
 def ratio(num: float, den: float) -> float | None:

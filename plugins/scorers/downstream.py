@@ -93,8 +93,8 @@ class DownstreamScorer(saebench.Scorer):
             counted_total += targets.numel()
             row_context = torch.nonzero(counted)[:, 0] + start  # row-major, as _rows orders the rows
 
-            def add(name: str, values: Tensor) -> None:
-                per_context[name].index_add_(0, row_context, values)
+            def add(name: str, values: Tensor, rows: Tensor = row_context) -> None:
+                per_context[name].index_add_(0, rows, values)
 
             add("count", torch.ones(targets.numel(), dtype=torch.float64))
             clean = _rows(adapter.logits(tok), counted)

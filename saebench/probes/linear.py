@@ -1,4 +1,5 @@
-"""Logistic probes, fitted full-batch, and the classification metrics probe scorers report.
+"""Logistic probes, fitted full-batch, the classification metrics probe scorers report, and the
+per-unit statistics (:func:`task_units`) their intervals are resampled from.
 
 One objective everywhere: mean cross-entropy + ``l2``/2 · ‖W‖² (the bias unpenalised), softmax over
 classes (two classes included), on standardised features (train mean and std; the probe is
@@ -10,10 +11,13 @@ its binary one with C = 2 / (l2 · n_train)), which the tests check.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from saebench.uncertainty import Ratio, Units
 
 
 @dataclass
@@ -111,9 +115,17 @@ def fit_logistic(
 
 
 def one_dim_probe_losses(
-    x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *, l2: float = 1e-4, steps: int = 25
+    x_train: Tensor,
+    y_train: Tensor,
+    x_test: Tensor,
+    y_test: Tensor,
+    *,
+    l2: float = 1e-4,
+    steps: int = 25,
+    per_row: bool = False,
 ) -> Tensor:
-    """Test cross-entropy of a 1-D logistic probe per feature (Gao et al.'s probe loss), [d].
+    """Test cross-entropy of a 1-D logistic probe per feature (Gao et al.'s probe loss), [d]
+    (``per_row``: each test row's, [n_test, d], whose mean over rows is the default's).
 
     Binary labels (0/1). Every feature's probe sigmoid(a·x_j + b) is fitted at once by Newton's
     method on its own 2×2 Hessian (features standardised first, so one step size suits all);
@@ -151,7 +163,7 @@ def one_dim_probe_losses(
     logits = zt * a + b
     yt_test = y_test.double()[:, None]
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt_test.expand_as(logits), reduction="none")
-    return loss.mean(0)
+    return loss if per_row else loss.mean(0)
 
 
 def classification_metrics(pred: Tensor, y: Tensor, n_classes: int) -> dict[str, float]:
@@ -211,16 +223,92 @@ def token_identity_baseline(train_ids: Tensor, train_y: Tensor, test_ids: Tensor
     return torch.tensor([best.get(t, majority) for t in test_ids.tolist()], dtype=torch.long)
 
 
-def dense_probe(data, l2: float) -> dict[str, float]:
-    """Test metrics of a probe on a ProbeData's raw activations (mean-pooled per text for sequence
-    tasks): the ceiling a probe on SAE latents is compared with."""
+def dense_predictions(data, l2: float) -> Tensor:
+    """Test predictions of a probe on a ProbeData's raw activations (mean-pooled per text for
+    sequence tasks): the ceiling a probe on SAE latents is compared with."""
     x = data.features()
     probe = fit_logistic(x[data.train], data.labels[data.train], data.n_classes, l2=l2)
-    return classification_metrics(probe.predict(x[~data.train]), data.labels[~data.train], data.n_classes)
+    return probe.predict(x[~data.train])
+
+
+def dense_probe(data, l2: float) -> dict[str, float]:
+    """Test metrics of :func:`dense_predictions`."""
+    return classification_metrics(dense_predictions(data, l2), data.labels[~data.train], data.n_classes)
+
+
+def token_identity_predictions(data) -> Tensor:
+    """Test predictions of the token-identity baseline on a token-level ProbeData."""
+    tr = data.train
+    return token_identity_baseline(data.token_ids[tr], data.labels[tr], data.token_ids[~tr], data.n_classes)
 
 
 def token_identity(data) -> dict[str, float]:
     """Test metrics of the token-identity baseline on a token-level ProbeData."""
-    tr = data.train
-    pred = token_identity_baseline(data.token_ids[tr], data.labels[tr], data.token_ids[~tr], data.n_classes)
-    return classification_metrics(pred, data.labels[~tr], data.n_classes)
+    return classification_metrics(token_identity_predictions(data), data.labels[~data.train], data.n_classes)
+
+
+# -- per-unit statistics ---------------------------------------------------------------------------
+
+#: one part of a probe metric on a task: (numerator, denominator) per test row; its value Σ num / Σ den
+Part = tuple[Tensor, Tensor]
+
+
+def held_out_texts(data) -> Tensor:
+    """[test rows]: the text each test row of a ProbeData comes from (a sequence task's row is its text)."""
+    if data.level == "token":
+        return data.sequence[~data.train]
+    return torch.nonzero(~data.train).flatten()
+
+
+def correct_part(pred: Tensor, y: Tensor) -> list[Part]:
+    """Accuracy as parts: one, per-row correctness over every row."""
+    hit = (pred.long() == y.long()).double()
+    return [(hit, torch.ones_like(hit))]
+
+
+def task_units(
+    tasks: Sequence[tuple[str, Tensor, Mapping[str, Sequence[Part]]]], metrics: Iterable[str]
+) -> Units | None:
+    """Units = the test texts of every task (stratum = task), for metrics that are a mean over tasks of
+    a mean over parts (one for an accuracy; classes, tree nodes) of a ratio over the task's test rows.
+
+    ``tasks``: per task its name, :func:`held_out_texts` and, per metric, its parts (a part whose
+    denominator sums to 0 is left out, as the scorers leave out an undefined value). A metric is kept
+    when it is in ``metrics`` and every task has a part of it. Per text i of task t (m_t texts, T
+    tasks) and part p (F_ip, D_ip the text's sums, r_p = ΣF_p / ΣD_p): the metric's column is
+    Σ_p ((F_ip − r_p·D_ip) / ΣD_p + r_p / m_t) / (P_t·T), its denominator ``weight`` = 1 / (m_t·T).
+    Their totals are the metric; on a resample of texts within tasks, each ratio is recomputed to
+    first order (delta method), so a mean over tasks of ratios stays one ratio of totals. Where a
+    text is one row of denominator 1 (a sequence task), the column is the text's value / (m_t·T),
+    which resamples the mean exactly. Texts, not tokens: tokens of one text are correlated.
+    """
+    wanted = list(dict.fromkeys(metrics))
+    kept = {}
+    for name in wanted:
+        per_task = [[(n, d) for n, d in parts.get(name, ()) if float(d.double().sum()) > 0] for _, _, parts in tasks]
+        if tasks and all(per_task):
+            kept[name] = per_task
+    if not kept:
+        return None
+    n_tasks = len(tasks)
+    ids: list[int | str] = []
+    strata: list[int] = []
+    columns: dict[str, list[float]] = {name: [] for name in kept}
+    columns["weight"] = []
+    for t, (task, texts, _) in enumerate(tasks):
+        present, index = torch.unique(texts, return_inverse=True)
+        m = present.numel()
+        ids += [f"{task}:{int(i)}" for i in present]
+        strata += [t] * m
+        columns["weight"] += [1.0 / (m * n_tasks)] * m
+        for name, per_task in kept.items():
+            col = torch.zeros(m, dtype=torch.float64)
+            for num, den in per_task[t]:
+                f = torch.zeros(m, dtype=torch.float64).index_add_(0, index, num.double())
+                d = torch.zeros(m, dtype=torch.float64).index_add_(0, index, den.double())
+                total = float(d.sum())
+                r = float(f.sum()) / total
+                col += (f - r * d) / total + r / m
+            columns[name] += (col / (len(per_task[t]) * n_tasks)).tolist()
+    estimators = {name: Ratio(num={name: 1.0}, den={"weight": 1.0}) for name in kept}
+    return Units(unit="text", ids=ids, strata=strata, columns=columns, metrics=estimators)

@@ -209,7 +209,10 @@ class RayExecutor:
     def run(self, ctx: RunContext, work: Work, store: ResultsStore, report: RunReport, t0: float) -> None:
         self.ctx, self.work, self.store = ctx, work, store
         self.out = Recorder(store, report, ctx.progress.note)
-        self.job = Job(ctx.plan.matrix.model_dump(mode="json"), ctx.plan.source, os.getcwd(), uuid.uuid4().hex)
+        # what the user set, so the workers validate the same matrix (seeds and an explicit seed exclude each other)
+        self.job = Job(
+            ctx.plan.matrix.model_dump(mode="json", exclude_unset=True), ctx.plan.source, os.getcwd(), uuid.uuid4().hex
+        )
         todo = work.stages(ctx)
         keys = [c.key for c in work.pending]
         of = lambda kind: [s.key for s in todo if s.kind == kind]  # noqa: E731

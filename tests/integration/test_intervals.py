@@ -40,7 +40,8 @@ def scored(tmp_path_factory, tiny_llama, tiny_corpus):
         "data": {"source": "text-files", "paths": [f"{tiny_corpus}/*.txt"], "tokens": 2048, "context_length": 32},
         "models": [{"name": "tiny-llama", "path": str(tiny_llama), "hookpoints": ["layers.1"]}],
         "saes": [
-            {"name": n, "model": "tiny-llama", "hookpoint": "layers.1", "path": f"saes/{n}"} for n in ("relu-a", "relu-b")
+            {"name": n, "model": "tiny-llama", "hookpoint": "layers.1", "path": f"saes/{n}"}
+            for n in ("relu-a", "relu-b")
         ],
         "scorers": ["sparsity", "reconstruction", {"name": "downstream", "options": {"tokens": 512}}],
     }
@@ -92,7 +93,10 @@ def test_compact_view_and_column_globs(scored):
     view = View(compact=True)
     text = render(scored / OUT, "markdown", view=view)
     header = text.splitlines()[0]
-    assert header == "| model | hookpoint | sae | sparsity.l0 | reconstruction.explained_variance | downstream.ce_loss_score |"
+    assert (
+        header
+        == "| model | hookpoint | sae | sparsity.l0 | reconstruction.explained_variance | downstream.ce_loss_score |"
+    )
     assert text.count(" ± ") == 6 and "--all" in text
     picked = render(scored / OUT, "csv", view=View(columns="sparsity.*,downstream.ce_loss_score"))
     assert picked.splitlines()[0] == (
@@ -123,7 +127,10 @@ def test_compare_saes_prints_paired_differences(scored):
     "args,message",
     [
         (["relu-a", "nope"], "no SAE 'nope' in this run; SAEs: relu-a, relu-b"),
-        (["relu-a", "relu-b", "--metric", "sparsity.dense_fraction"], "no per-unit statistics of 'sparsity.dense_fraction'"),
+        (
+            ["relu-a", "relu-b", "--metric", "sparsity.dense_fraction"],
+            "no per-unit statistics of 'sparsity.dense_fraction'",
+        ),
         (["relu-a", "relu-b", "--resamples", "0"], "must be a positive integer"),
     ],
 )

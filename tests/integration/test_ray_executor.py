@@ -176,3 +176,34 @@ def test_a_killed_worker_only_delays_the_run(tmp_path, cluster, local_board, tin
         assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
         assert board(folder) == local_board[0]
         shutil.rmtree(folder / "runs", ignore_errors=True)
+
+
+def seeded(folder: Path, tiny_llama, tiny_corpus, url: str) -> Path:
+    """The crash-safety matrix with two seeds and a sample of 8 latents per seed."""
+    make_folder(folder, tiny_llama, tiny_corpus, url)
+    path = folder / "matrix.yaml"
+    matrix = yaml.safe_load(path.read_text())
+    matrix.pop("seed", None)
+    matrix["interp"].pop("seed", None)
+    matrix["interp"]["latents"] = 8
+    matrix["seeds"] = [0, 1]
+    path.write_text(yaml.safe_dump(matrix, sort_keys=False))
+    return folder
+
+
+@pytest.mark.slow
+def test_seeds_on_ray_give_the_local_leaderboard(tmp_path, cluster, tiny_llama, tiny_corpus):
+    """Repeats are SAE entries of their own (records, latents, cells per seed): Ray schedules them like
+    any other and trains the SAE once."""
+    with FakeLLMServer(answer=answer, delay_s=0.01) as server:
+        local = seeded(tmp_path / "local", tiny_llama, tiny_corpus, server.openai_url)
+        assert run(local).wait(timeout=600) == 0
+        remote = seeded(tmp_path / "ray", tiny_llama, tiny_corpus, server.openai_url)
+        on_ray(remote, cluster)
+        proc = run(remote)
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    assert board(remote) == board(local)
+    columns = board(local)[0]
+    seeded_columns = [c for c in columns if "@s1." in c]
+    assert seeded_columns and all(c.replace("@s1.", "@s0.") in columns for c in seeded_columns)
+    assert [p.name for p in (remote / "runs" / "crash" / "saes").iterdir() if not p.name.startswith(".")] == ["topk"]

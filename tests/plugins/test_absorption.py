@@ -336,3 +336,44 @@ def test_an_sae_without_letter_latents_is_flagged(planted):
     sae = saebench.build_sae("relu", weights, hook_name=inputs.hookpoint)
     result = AbsorptionScorer(**opts).score(sae, inputs)
     assert result.metrics["latents_reliable"] == 0.0 and "no first-letter latents" in result.details["latent_warning"]
+
+
+# -- per-unit statistics (intervals) -------------------------------------------------------------------
+
+def test_units_are_the_test_words_and_recompute_the_metrics(planted):
+    import numpy as np
+
+    results, absorbed_test, _, words, *_ = planted
+    r = results[True]
+    u, m, d = r.units, r.metrics, r.details
+    assert u.unit == "word" and set(u.metrics) == {"mean_absorption_fraction", "full_absorption_rate", "probe_accuracy"}
+    for name in u.metrics:
+        assert u.value(name) == pytest.approx(m[name], abs=1e-9), name
+    kept = [c for c in LETTERS if c not in d["letters_skipped"]]
+    assert u.ids == [w for w in split_words(words, 0.2, seed=0)[1] if w[0] in kept]  # every test word, by name
+    # by hand: the evaluated words are the units with a denominator; the absorbed ones carry 1, the rest 0
+    n = np.array(u.columns["mean_absorption_fraction:n"])
+    frac = np.array(u.columns["mean_absorption_fraction:sum"])
+    full = np.array(u.columns["full_absorption_rate:sum"])
+    assert n.sum() == m["n_words"] == sum(v["evaluated_words"] for v in d["letters"].values())
+    assert {w for w, f in zip(u.ids, full) if f} == {w for w, f in zip(u.ids, frac) if f} == set(absorbed_test)
+    per_letter = [(v["absorption_fraction"], v["evaluated_words"]) for v in d["letters"].values() if v["evaluated_words"]]
+    pooled = sum(f * k for f, k in per_letter) / sum(k for _, k in per_letter)
+    assert frac.sum() / n.sum() == pytest.approx(pooled, abs=1e-12) == pytest.approx(m["mean_absorption_fraction"])
+    correct = np.array(u.columns["probe_accuracy:sum"])
+    assert set(correct) <= {0.0, 1.0} and (n <= correct).all()  # only correctly probed words are evaluated
+
+
+def test_word_ids_pair_across_saes_and_intervals_bracket_the_point(planted):
+    from saebench.uncertainty import compare, interval
+
+    results, *_ = planted
+    a, b = results[True], results[False]
+    assert a.units.ids == b.units.ids
+    for name in ("mean_absorption_fraction", "full_absorption_rate"):
+        ci = interval(a.units, name, resamples=300)
+        assert ci.low <= a.metrics[name] <= ci.high and ci.low < ci.high and ci.low >= 0, name
+    c = compare(a.units, b.units, "mean_absorption_fraction", resamples=300)
+    assert c.paired and c.diff == pytest.approx(
+        a.metrics["mean_absorption_fraction"] - b.metrics["mean_absorption_fraction"], abs=1e-9)
+    assert c.diff > 0 and c.low >= 0 and c.high > c.low  # four fully absorbed words against none

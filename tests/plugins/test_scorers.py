@@ -95,7 +95,13 @@ def test_sparsity_by_hand_one_live_latent():
     # 20 tokens, latent 0 = ReLU(x0) fires on token 0 only (density 5%), latent 1 = ReLU(x1) never.
     x = np.array([[2.0, -1.0]] + [[0.0, -1.0]] * 19)
     res = SparsityScorer().score(eye_sae(), inputs_from(x))
-    assert res.metrics == {"l0": 0.05, "dead_fraction": 0.5, "dense_fraction": 0.0, "dense_fraction_1pct": 0.5, "tokens": 20}
+    assert res.metrics == {
+        "l0": 0.05,
+        "dead_fraction": 0.5,
+        "dense_fraction": 0.0,
+        "dense_fraction_1pct": 0.5,
+        "tokens": 20,
+    }
     hist = res.details["frequency_histogram"]
     # log10(1/20) = -1.30 -> edges from -1.5 to 0 by 0.25; log10(0.05) lands in [-1.5, -1.25)
     assert hist["log10_density_edges"] == [-1.5, -1.25, -1.0, -0.75, -0.5, -0.25, 0.0]
@@ -108,7 +114,13 @@ def test_sparsity_dense_thresholds_are_strict():
     # 20 tokens: latent 0 fires on 2 (exactly 10%: not dense), latent 1 on 3 (15%: dense)
     x = np.array([[1.0, 0.0]] * 2 + [[0.0, 1.0]] * 3 + [[-1.0, -1.0]] * 15)
     res = SparsityScorer().score(eye_sae(), inputs_from(x))
-    assert res.metrics == {"l0": 0.25, "dead_fraction": 0.0, "dense_fraction": 0.5, "dense_fraction_1pct": 1.0, "tokens": 20}
+    assert res.metrics == {
+        "l0": 0.25,
+        "dead_fraction": 0.0,
+        "dense_fraction": 0.5,
+        "dense_fraction_1pct": 1.0,
+        "tokens": 20,
+    }
     # 200 tokens: latent 0 fires on 2 (exactly 1%: not dense at 1%), latent 1 on 3 (1.5%)
     x = np.array([[1.0, 0.0]] * 2 + [[0.0, 1.0]] * 3 + [[-1.0, -1.0]] * 195)
     res = SparsityScorer().score(eye_sae(), inputs_from(x))
@@ -361,7 +373,11 @@ class TinyAdapter(saebench.ModelAdapter):
         out = {}
         for i in range(2):
             prefix_mean = torch.cumsum(h, dim=1) / t
-            h = h + torch.relu(h @ self.t[f"W1.{i}"] + self.t[f"b1.{i}"]) @ self.t[f"W2.{i}"] + prefix_mean @ self.t[f"M.{i}"]
+            h = (
+                h
+                + torch.relu(h @ self.t[f"W1.{i}"] + self.t[f"b1.{i}"]) @ self.t[f"W2.{i}"]
+                + prefix_mean @ self.t[f"M.{i}"]
+            )
             name = f"layers.{i}"
             if replace and name in replace:
                 new = replace[name](h)
@@ -412,7 +428,8 @@ def sae_for_model(kind, seed=2):
         g = torch.Generator().manual_seed(seed)
         eye = torch.eye(D)
         w = {
-            "W_enc": torch.cat([eye, -eye, torch.randn(D, 12, generator=g) * 0.3], 1) + torch.randn(D, 24, generator=g) * 0.1,
+            "W_enc": torch.cat([eye, -eye, torch.randn(D, 12, generator=g) * 0.3], 1)
+            + torch.randn(D, 24, generator=g) * 0.1,
             "W_dec": torch.cat([eye * 0.9, -eye * 0.9, torch.randn(12, D, generator=g) * 0.1], 0),
             "b_enc": torch.full((24,), -0.05),
             "b_dec": torch.randn(D, generator=g) * 0.05,
@@ -420,7 +437,12 @@ def sae_for_model(kind, seed=2):
         return saebench.build_sae("relu", w), w
     if kind == "identity":  # TopK with k = d_in over [x, −x]: keeps |x_i| once, decodes back to x exactly
         eye = torch.eye(D)
-        w = {"W_enc": torch.cat([eye, -eye], 1), "W_dec": torch.cat([eye, -eye], 0), "b_enc": torch.zeros(2 * D), "b_dec": torch.zeros(D)}
+        w = {
+            "W_enc": torch.cat([eye, -eye], 1),
+            "W_dec": torch.cat([eye, -eye], 0),
+            "b_enc": torch.zeros(2 * D),
+            "b_dec": torch.zeros(D),
+        }
         return saebench.build_sae("topk", w, k=D), w
     if kind == "garbage":  # reconstructs everything as ~1000
         w = random_weights(D, 24, arch="relu", seed=seed)
@@ -471,14 +493,14 @@ def reference_downstream(w_model, tokens, sae_arch, w_sae, k=None):
 
 
 def downstream_inputs(adapter, tokens=TOKENS):
-    return saebench.EvalInputs(
-        hookpoint="layers.0", activations=lambda bt: iter([]), tokens=tokens, adapter=adapter
-    )
+    return saebench.EvalInputs(hookpoint="layers.0", activations=lambda bt: iter([]), tokens=tokens, adapter=adapter)
 
 
 def test_tiny_adapter_matches_its_numpy_twin():
     adapter = TinyAdapter()
-    np.testing.assert_allclose(adapter.logits(TOKENS).numpy(), numpy_logits(adapter.w, TOKENS.numpy()), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        adapter.logits(TOKENS).numpy(), numpy_logits(adapter.w, TOKENS.numpy()), rtol=1e-4, atol=1e-4
+    )
     assert adapter.capture(TOKENS, ["layers.0"])["layers.0"].shape == (5, 9, D)
 
 
@@ -494,7 +516,9 @@ def test_downstream_matches_numpy(batch_contexts):
     assert abs(want["ce_zero"] - want["ce_clean"]) > 0.1 and want["kl_zero"] > 0.1  # scores well conditioned
     assert 0 < want["kl_sae"] < want["kl_zero"]
     assert_metrics(res.metrics, want, rel=1e-4, abs=1e-5)
-    assert res.details["contexts"] == 5 and res.details["replaced_positions"] == int((~adapter.special_mask(TOKENS)).sum())
+    assert res.details["contexts"] == 5 and res.details["replaced_positions"] == int(
+        (~adapter.special_mask(TOKENS)).sum()
+    )
 
 
 def test_downstream_tokens_option_takes_the_first_contexts():

@@ -133,3 +133,115 @@ def test_bad_options():
         cls(tasks=["no-such-task"])
     with pytest.raises(ConfigError, match="a name or"):
         cls(tasks=[{"nam": "x"}])
+
+
+# -- per-unit statistics (intervals) -------------------------------------------------------------------
+
+def noisy_sae(d, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.eye(d) + 0.4 * torch.randn(d, d, generator=g)
+    return saebench.build_sae("relu", {"W_enc": w, "W_dec": torch.eye(d), "b_enc": torch.zeros(d),
+                                       "b_dec": torch.zeros(d)}, hook_name="layers.0")
+
+
+@pytest.fixture(scope="module")
+def two_tasks():
+    """A token task and a sequence task (different data), scored for two SAEs."""
+    datas = {"python_syntax": planted(n_rows=800, noise=0.8, seed=1),
+             "text_source": planted(n_rows=800, level="sequence", noise=0.8, seed=2)}
+    scorer = saebench.plugin_manager.get("scorer", "sparse_probing")(tasks=["python_syntax", "text_source"], ks=[1, 3])
+    inputs = EvalInputs(hookpoint="layers.0", activations=lambda bt: iter(()), tokens=torch.zeros(0, 0, dtype=torch.long),
+                        probe_data=lambda task, **kw: datas[task.name])
+    return datas, [scorer.score(sae, inputs) for sae in (identity_sae(24), noisy_sae(24))]
+
+
+def test_units_recompute_every_metric_they_cover(two_tasks):
+    _, results = two_tasks
+    for result in results:
+        u = result.units
+        assert u.unit == "text" and set(u.metrics) == {"dense_accuracy", "k1_accuracy", "k3_accuracy", "probe_loss",
+                                                       "probe_loss_prior"}
+        assert "token_identity_accuracy" not in result.metrics  # undefined on the sequence task: no metric, no units
+        for m in u.metrics:
+            assert u.value(m) == pytest.approx(result.metrics[m], abs=1e-9), m
+        assert not any(m.endswith("_f1") for m in u.metrics)  # macro F1 is no mean over examples
+
+
+def test_units_against_per_example_values_by_hand(two_tasks):
+    datas, results = two_tasks
+    import numpy as np
+
+    for result in results:
+        u = result.units
+        ids, strata = np.array(u.ids), np.array(u.strata)
+        tasks = result.details["tasks"]
+        for m in ("k1_accuracy", "dense_accuracy", "probe_loss"):
+            col, weight = np.array(u.columns[m]), np.array(u.columns["weight"])
+            per_task = []
+            for t, name in enumerate(["python_syntax", "text_source"]):
+                data = datas[name]
+                here = strata == t
+                m_t = int(here.sum())
+                assert np.allclose(weight[here], 1 / (2 * m_t))
+                if data.level == "sequence":
+                    # one unit per test example, ids task:row; its column is its value / (m_t T)
+                    test_rows = np.flatnonzero(~data.train.numpy())
+                    assert list(ids[here]) == [f"{name}:{i}" for i in test_rows]
+                    values = col[here] * m_t * 2
+                    if m != "probe_loss":
+                        assert np.allclose(values, np.round(values), atol=1e-9) and set(np.round(values)) <= {0, 1}
+                    task_value = values.mean()
+                else:
+                    # one unit per test text; its count of correct tokens comes back from the column
+                    seq = data.sequence[~data.train].numpy()
+                    texts, n_i = np.unique(seq, return_counts=True)
+                    assert list(ids[here]) == [f"{name}:{i}" for i in texts]
+                    r, n = tasks[name]["metrics"][m], n_i.sum()
+                    hits = (col[here] * 2 - r / m_t) * n + r * n_i
+                    if m != "probe_loss":
+                        assert np.allclose(hits, np.round(hits), atol=1e-6)
+                        assert (np.round(hits) >= 0).all() and (np.round(hits) <= n_i).all()
+                    task_value = hits.sum() / n
+                assert task_value == pytest.approx(tasks[name]["metrics"][m], abs=1e-9)
+                per_task.append(task_value)
+            assert np.mean(per_task) == pytest.approx(result.metrics[m], abs=1e-9)
+
+
+def test_a_resample_is_the_exact_mean_of_per_task_accuracies_to_first_order(two_tasks):
+    import numpy as np
+
+    datas, results = two_tasks
+    u = results[1].units
+    rng = np.random.default_rng(3)
+    w = np.zeros(u.n)
+    strata = np.array(u.strata)
+    for t in (0, 1):
+        members = np.flatnonzero(strata == t)
+        np.add.at(w, rng.choice(members, members.size), 1.0)
+    # exact: each task's accuracy on the resampled texts, from the per-text hits recovered above
+    col, m = np.array(u.columns["k1_accuracy"]), "k1_accuracy"
+    exact = []
+    for t, name in enumerate(["python_syntax", "text_source"]):
+        here = strata == t
+        m_t, r = int(here.sum()), results[1].details["tasks"][name]["metrics"][m]
+        if datas[name].level == "token":
+            _, n_i = np.unique(datas[name].sequence[~datas[name].train].numpy(), return_counts=True)
+        else:
+            n_i = np.ones(m_t)
+        hits = (col[here] * 2 - r / m_t) * n_i.sum() + r * n_i
+        exact.append((w[here] * hits).sum() / (w[here] * n_i).sum())
+    got = float(u.values(m, w[None])[0])
+    assert got == pytest.approx(np.mean(exact), abs=5e-3)  # delta method: first order in the resampling
+    assert abs(got - u.value(m)) > 1e-4  # the resample did move it
+
+
+def test_ids_pair_across_saes_and_intervals_bracket_the_point(two_tasks):
+    from saebench.uncertainty import compare, interval
+
+    _, (a, b) = two_tasks
+    assert a.units.ids == b.units.ids and a.units.strata == b.units.strata
+    for m in ("k1_accuracy", "k3_accuracy"):
+        ci = interval(a.units, m, resamples=300)
+        assert ci.low <= a.metrics[m] <= ci.high and ci.low < ci.high
+    c = compare(a.units, b.units, "k1_accuracy", resamples=300)
+    assert c.paired and c.diff == pytest.approx(a.metrics["k1_accuracy"] - b.metrics["k1_accuracy"], abs=1e-9)

@@ -130,3 +130,89 @@ def test_sequence_tasks_and_two_class_tasks_are_refused():
     data.classes = ["A", "B"]
     with pytest.raises(ConfigError, match="fewer than 3"):
         score(data)
+
+
+# -- per-unit statistics (intervals) -------------------------------------------------------------------
+
+HEADLINE = ("head_accuracy", "tree_hard_accuracy", "rule_flip_rate")
+TWO_TASKS = ["python_syntax", "char-class-test"]
+
+
+@pytest.fixture(scope="module")
+def two_saes():
+    """Two token tasks with different planted data, scored for the identity SAE and a noisy one."""
+    import types
+
+    from saebench.testing import registered
+    from test_sparse_probing import CharClassTask
+
+    datas = {"python_syntax": planted_data(n=1500, seed=0), "char-class-test": planted_data(n=1200, seed=1)}
+    g = torch.Generator().manual_seed(3)
+    noisy = saebench.build_sae("relu", {"W_enc": torch.eye(D) + 0.3 * torch.randn(D, D, generator=g),
+                                        "W_dec": torch.eye(D), "b_enc": torch.zeros(D), "b_dec": torch.zeros(D)})
+    plugin = types.SimpleNamespace(register_probe_tasks=saebench.hookimpl(lambda register: register(CharClassTask)))
+    with registered(plugin, "treeprobe-units-test"):
+        scorer = saebench.plugin_manager.get("scorer", "treeprobe")(tasks=TWO_TASKS, finetune_epochs=5, seeds=1)
+    inputs = EvalInputs(hookpoint="layers.0", activations=lambda bt: iter(()), tokens=torch.zeros(0, 0, dtype=torch.long),
+                        probe_data=lambda task, **kw: datas[task.name])
+    return datas, [scorer.score(sae, inputs) for sae in (identity_sae(D), noisy)]
+
+
+def test_units_recompute_the_headline_metrics(two_saes):
+    _, results = two_saes
+    for result in results:
+        u = result.units
+        assert u.unit == "text" and set(HEADLINE) <= set(u.metrics) and {"tree_gap", "random_flip_rate"} <= set(u.metrics)
+        for m in u.metrics:
+            assert u.value(m) == pytest.approx(result.metrics[m], abs=1e-9), m
+        # not means over test tokens: no units
+        assert set(result.metrics) - set(u.metrics) == {"head_f1", "taxonomy_agreement", "random_taxonomy_agreement",
+                                                        "rule_latents_per_node"}
+    assert all(m.no_interval is None for m in saebench.plugin_manager.get("scorer", "treeprobe").headline)
+
+
+def test_head_accuracy_and_flip_rate_by_hand(two_saes):
+    import numpy as np
+
+    from saebench.probes.linear import fit_logistic
+
+    datas, (result, _) = two_saes
+    u = result.units
+    ids, strata = np.array(u.ids), np.array(u.strata)
+    col = np.array(u.columns["head_accuracy"])
+    flip_col = np.array(u.columns["rule_flip_rate"])
+    accs = []
+    for t, name in enumerate(TWO_TASKS):
+        data = datas[name]
+        tr, te = data.train, ~data.train
+        head = fit_logistic(data.acts[tr], data.labels[tr], 6, l2=1e-3)  # the identity SAE's latents are the acts
+        hit = (head.predict(data.acts[te]) == data.labels[te]).numpy().astype(np.float64)
+        seq = data.sequence[te].numpy()
+        texts, inverse = np.unique(seq, return_inverse=True)
+        hits, n_i = np.bincount(inverse, weights=hit), np.bincount(inverse).astype(np.float64)
+        here = strata == t
+        assert list(ids[here]) == [f"{name}:{i}" for i in texts]
+        m_t, n, r = len(texts), n_i.sum(), hits.sum() / n_i.sum()
+        assert np.allclose(col[here], ((hits - r * n_i) / n + r / m_t) / 2, atol=1e-12)
+        accs.append(r)
+        # the flip rate: per task the mean over inner nodes of the nodes' rates in the details
+        nodes, todo = [], [result.details["tasks"][name]["tree"]]
+        while todo:
+            node = todo.pop()
+            if "children" in node:
+                nodes.append(node["flip_rate"])
+                todo.extend(node["children"])
+        assert 2 * flip_col[here].sum() == pytest.approx(np.mean([f for f in nodes if f is not None]), abs=1e-12)
+    assert np.mean(accs) == pytest.approx(result.metrics["head_accuracy"], abs=1e-12)
+
+
+def test_ids_pair_across_saes_and_intervals_bracket_the_point(two_saes):
+    from saebench.uncertainty import compare, interval
+
+    _, (a, b) = two_saes
+    assert a.units.ids == b.units.ids and a.units.strata == b.units.strata
+    for m in HEADLINE:
+        ci = interval(a.units, m, resamples=300)
+        assert ci.low <= a.metrics[m] <= ci.high and ci.low < ci.high, m
+    c = compare(a.units, b.units, "head_accuracy", resamples=300)
+    assert c.paired and c.diff == pytest.approx(a.metrics["head_accuracy"] - b.metrics["head_accuracy"], abs=1e-9)

@@ -15,19 +15,41 @@ from saebench.run.plan import make_plan
 from saebench.run.stages import Work
 
 MATRIX = {
-    "name": "golden", "output": "/tmp/golden-out", "seed": 3,
+    "name": "golden",
+    "output": "/tmp/golden-out",
+    "seed": 3,
     "data": {"source": "python-stdlib", "tokens": 4096, "context_length": 64},
-    "models": [{"name": "gemma", "adapter": "hf-causal-lm", "path": "embedded:gemma-3-270m", "hookpoints": ["layers.6", "layers.3"],
-                "options": {"dtype": "float32"}}],
+    "models": [
+        {
+            "name": "gemma",
+            "adapter": "hf-causal-lm",
+            "path": "embedded:gemma-3-270m",
+            "hookpoints": ["layers.6", "layers.3"],
+            "options": {"dtype": "float32"},
+        }
+    ],
     "saes": [
         {"name": "ckpt", "model": "gemma", "hookpoint": "layers.6", "path": "no/such/checkpoint", "format": "saelens"},
-        {"name": "topk", "model": "gemma", "hookpoint": "layers.3", "train": {"arch": "topk", "d_sae": 64, "k": 8, "tokens": 1000}},
+        {
+            "name": "topk",
+            "model": "gemma",
+            "hookpoint": "layers.3",
+            "train": {"arch": "topk", "d_sae": 64, "k": 8, "tokens": 1000},
+        },
     ],
-    "scorers": ["sparsity", {"name": "reconstruction", "options": {"batch_tokens": 1024}},
-                {"name": "downstream", "options": {"tokens": 256}}, "detection", {"name": "fuzzing", "llm": "judge"},
-                {"name": "treeprobe", "options": {"finetune_epochs": 0}}, "sparse_probing"],
-    "llms": {"judge": {"client": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "max_concurrency": 2},
-             "explainer": {"client": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "e"}},
+    "scorers": [
+        "sparsity",
+        {"name": "reconstruction", "options": {"batch_tokens": 1024}},
+        {"name": "downstream", "options": {"tokens": 256}},
+        "detection",
+        {"name": "fuzzing", "llm": "judge"},
+        {"name": "treeprobe", "options": {"finetune_epochs": 0}},
+        "sparse_probing",
+    ],
+    "llms": {
+        "judge": {"client": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "max_concurrency": 2},
+        "explainer": {"client": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "e"},
+    },
     "explainers": [{"name": "llm", "options": {"n_examples": 10}}, "top-tokens"],
     "interp": {"latents": 10, "window": 16},
 }
@@ -97,18 +119,30 @@ def test_cells_are_typed_and_name_their_components():
     explain = next(c for c in p.cells if c.key.scorer == "explain[llm]")
     assert (explain.plugin, explain.llm) == ("llm", "explainer")
     # an interp cell's hash covers its explanations: the explain cell's hash is in its configuration
-    assert fuzzing.config["explanations"] == next(c for c in p.cells_of(fuzzing.sae) if c.key.scorer == "explain[llm]").config_hash
+    assert (
+        fuzzing.config["explanations"]
+        == next(c for c in p.cells_of(fuzzing.sae) if c.key.scorer == "explain[llm]").config_hash
+    )
 
 
 def test_the_stage_graph_orders_shared_work_before_cells():
     p = plan()
     order = [(s.kind, s.key) for s in p.stages]
-    assert order == [("activations", "gemma"), ("train", "topk"),
-                     ("records", "ckpt"), ("latents", "ckpt"), ("cells", "ckpt"),
-                     ("records", "topk"), ("latents", "topk"), ("cells", "topk")]
+    assert order == [
+        ("activations", "gemma"),
+        ("train", "topk"),
+        ("records", "ckpt"),
+        ("latents", "ckpt"),
+        ("cells", "ckpt"),
+        ("records", "topk"),
+        ("latents", "topk"),
+        ("cells", "topk"),
+    ]
     after = {(s.kind, s.key): s.after for s in p.stages}
     assert after[("train", "topk")] == (("activations", "gemma"),)
-    assert after[("records", "topk")] == (("train", "topk"),) and after[("records", "ckpt")] == (("activations", "gemma"),)
+    assert after[("records", "topk")] == (("train", "topk"),) and after[("records", "ckpt")] == (
+        ("activations", "gemma"),
+    )
     assert after[("cells", "topk")] == (("latents", "topk"),)
     for i, stage in enumerate(p.stages):  # every stage comes after what it needs
         assert all(dep in order[:i] for dep in stage.after)
@@ -145,7 +179,12 @@ def test_seeds_repeat_the_seeded_cells_with_the_seed_in_their_label():
     labels = {c.key.scorer for c in p.cells if c.key.sae == "topk"}
     assert {"sparsity", "reconstruction", "downstream"} <= labels  # deterministic: once
     for seed in (3, 7):
-        assert {f"treeprobe@s{seed}", f"sparse_probing@s{seed}", f"explain[llm]@s{seed}", f"detection[llm]@s{seed}"} <= labels
+        assert {
+            f"treeprobe@s{seed}",
+            f"sparse_probing@s{seed}",
+            f"explain[llm]@s{seed}",
+            f"detection[llm]@s{seed}",
+        } <= labels
     assert "sparsity@s3" not in labels and "detection[llm]" not in labels
     # the repeat is a plan entry of its own (its records, latents and cells stages) but stores as the same SAE
     replica = p.saes["topk@s7"]
@@ -170,3 +209,15 @@ def test_seeds_and_seed_are_exclusive():
         seeded_plan(seed=1)
     with pytest.raises(ValueError, match="each seed once"):
         seeded_plan(seeds=[1, 1])
+
+
+def test_every_example_matrix_is_valid():
+    import yaml
+
+    examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+    assert len(examples) >= 4
+    for path in examples:  # the schema (checkpoints named there exist only after the quickstart)
+        m = Matrix.model_validate(yaml.safe_load(path.read_text()))
+        assert m.run_seed == 0, path.name
+    seeded = Matrix.model_validate(yaml.safe_load((examples[0].parent / "interp_seeds.yaml").read_text()))
+    assert seeded.seeds == [0, 1, 2]

@@ -70,6 +70,13 @@ when the model linearly represents the first letter. When ``probe_accuracy`` is 
 (and the F1 for each k), the letter's absorption fraction and full-absorption rate, and up to
 ``max_examples`` absorbed words with the absorbing latent. The scorer writes nothing.
 
+Uncertainty: the units are the test words of the kept letters (unit ``word``, ids the words, the
+same for every SAE of a model and seed: paired comparisons). ``mean_absorption_fraction`` and
+``full_absorption_rate`` are means over the evaluated (correctly probed) words among them,
+``probe_accuracy`` a mean over all of them; the interval covers the sampling of test words only,
+with the probe and the main latents fixed (not refitting them: the ``seeds`` of a run cover the word
+split). The F1s, counts and flags get none.
+
 The package: ``words`` (step 1), ``prompts`` (2), ``probe`` (3 and 4), ``measure`` (5 and the
 per-letter summary); this module holds the scorer.
 """
@@ -112,6 +119,7 @@ from saebench.plugins.scorers.absorption.words import (
     split_words,
     vocabulary_words,
 )
+from saebench.uncertainty import Units, mean_units
 
 __all__ = [
     "AbsorptionScorer",
@@ -202,7 +210,8 @@ class AbsorptionScorer(saebench.Scorer):
             "letters": per_letter,
         }
         details.update(self.warnings(metrics))
-        return saebench.ScoreResult(metrics=metrics, details=details)
+        units = word_units(words, data, probe, results, metrics)
+        return saebench.ScoreResult(metrics=metrics, details=details, units=units)
 
     def letter_words(self, adapter: saebench.ModelAdapter, seed: int) -> LetterWords:
         """The selected words, split, restricted to the letters with ``min_words_per_letter`` train words."""
@@ -318,6 +327,24 @@ class AbsorptionScorer(saebench.Scorer):
                 f"absorption to be measured against, so an absorption of 0 says nothing"
             )
         return out
+
+
+def word_units(
+    words: LetterWords,
+    data: LetterData,
+    probe: GroundTruthProbe,
+    results: dict[int, WordAbsorption],
+    metrics: dict[str, float | None],
+) -> Units:
+    """Units = the test words: per word its absorption fraction and full absorption (None where it
+    was not evaluated, which the means leave out) and whether the probe classifies it correctly."""
+    n = len(words.test)
+    values: dict[str, list[float | None]] = {
+        "mean_absorption_fraction": [results[i].fraction if i in results else None for i in range(n)],
+        "full_absorption_rate": [float(results[i].full) if i in results else None for i in range(n)],
+        "probe_accuracy": (probe.predictions == data.y_test).double().tolist(),
+    }
+    return mean_units("word", list(words.test), {k: v for k, v in values.items() if metrics[k] is not None})
 
 
 @saebench.hookimpl

@@ -29,13 +29,21 @@ control) and ``stability``: the mean triplet agreement between trees induced fro
 bootstrap resamples of the training tokens with different seeds. The tree and its rules are in the
 details as JSON (``tasks.TASK.tree``), beside each task's metrics (``tasks.TASK.metrics``); the
 leaderboard gets their means over tasks.
+
+Uncertainty: the units are the test texts of each task (their test tokens grouped by text, since
+tokens of one text are correlated), resampled within their task, with ids ``TASK:TEXT`` shared by
+every SAE (paired comparisons). The accuracies, ``tree_gap`` and the flip rates (a mean over nodes of
+a rate over the node's correctly routed test tokens) get intervals; F1, the taxonomy agreements,
+the stability and the rule sizes (not means over test tokens) get none. The interval covers
+test-set sampling only, with the heads, trees and rules fixed (not refitting them: the ``seeds`` of a
+run cover the split).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,13 +54,23 @@ import saebench
 from saebench.errors import ConfigError
 from saebench.plugins.scorers.treeprobe import nbdt
 from saebench.plugins.scorers.treeprobe.rules import (
-    flip_rate,
+    flips,
     matched_random,
     random_tree,
     rule_latents,
     triplet_agreement,
 )
-from saebench.probes.linear import LinearProbe, classification_metrics, dense_probe, fit_logistic, token_identity
+from saebench.probes.linear import (
+    LinearProbe,
+    Part,
+    classification_metrics,
+    correct_part,
+    dense_predictions,
+    fit_logistic,
+    held_out_texts,
+    task_units,
+    token_identity_predictions,
+)
 from saebench.probes.tasks import ProbeData, ProbeDataOptions, encoder, make_task
 
 RANDOM_TREES = 20
@@ -61,7 +79,8 @@ RANDOM_DRAWS = 5
 
 @dataclass
 class Split:
-    """A task's SAE latents (``x``: every row) and labels, split into train and test tokens."""
+    """A task's SAE latents (``x``: every row) and labels, split into train and test tokens; ``parts``:
+    the per-test-token statistics of the metrics that average over test tokens (see ``task_units``)."""
 
     x: Tensor
     x_tr: Tensor
@@ -69,6 +88,7 @@ class Split:
     x_te: Tensor
     y_te: Tensor
     n_classes: int
+    parts: dict[str, list[Part]] = field(default_factory=dict)
 
     @classmethod
     def encode(cls, sae: saebench.SAE, data: ProbeData) -> Split:
@@ -76,17 +96,20 @@ class Split:
         tr, te = data.train, ~data.train
         return cls(x, x[tr], data.labels[tr], x[te], data.labels[te], data.n_classes)
 
-    def accuracy(self, pred: Tensor) -> float:
-        """Test accuracy of predictions for the test tokens."""
+    def accuracy(self, pred: Tensor, name: str | None = None) -> float:
+        """Test accuracy of predictions for the test tokens (their correctness kept as ``parts[name]``)."""
+        if name is not None:
+            self.parts[name] = correct_part(pred, self.y_te)
         return classification_metrics(pred, self.y_te, self.n_classes)["accuracy"]
 
     def tree_accuracies(self, tree: nbdt.Tree, prefix: str = "", x_te: Tensor | None = None) -> dict[str, float]:
         """``{prefix}tree_soft_accuracy`` and ``{prefix}tree_hard_accuracy`` of ``tree`` on the test
         tokens (``x_te`` in the tree's units when not the latents)."""
         x_te = self.x_te if x_te is None else x_te
+        soft, hard = f"{prefix}tree_soft_accuracy", f"{prefix}tree_hard_accuracy"
         return {
-            f"{prefix}tree_soft_accuracy": self.accuracy(nbdt.soft_log_probs(tree, x_te).argmax(-1)),
-            f"{prefix}tree_hard_accuracy": self.accuracy(nbdt.hard_predict(tree, x_te)),
+            soft: self.accuracy(nbdt.soft_log_probs(tree, x_te).argmax(-1), soft),
+            hard: self.accuracy(nbdt.hard_predict(tree, x_te), hard),
         }
 
 
@@ -131,6 +154,7 @@ class TreeProbeScorer(saebench.Scorer):
         metrics: dict[str, float | None] = {}
         details: dict[str, Any] = {}
         per_task = []
+        per_task_parts = []
         for task in self.task_objects:
             data = inputs.probe_data(task, context_length=self.options.context_length, max_rows=self.options.max_rows)
             if data.n_classes < 3:
@@ -139,31 +163,38 @@ class TreeProbeScorer(saebench.Scorer):
                     f"scorer {self.name}",
                 )
             start = time.perf_counter()
-            result, detail = self.score_task(sae, data, inputs)
+            result, detail, parts = self.score_task(sae, data, inputs)
             detail["seconds"] = time.perf_counter() - start
             detail["metrics"] = result
             per_task.append(result)
+            per_task_parts.append((task.name, held_out_texts(data), parts))
             details[task.name] = detail
         for key in per_task[0]:
             values = [r.get(key) for r in per_task]
             if all(v is not None and not math.isnan(v) for v in values):
                 metrics[key] = sum(values) / len(values)
-        return saebench.ScoreResult(metrics=metrics, details={"tasks": details})
+        units = task_units(per_task_parts, metrics)
+        return saebench.ScoreResult(metrics=metrics, details={"tasks": details}, units=units)
 
     @torch.no_grad()
     def score_task(self, sae: saebench.SAE, data: ProbeData, inputs: saebench.EvalInputs):
-        """One task's metrics and details: the heads, the induced (and fine-tuned) trees, the rules."""
+        """One task's metrics, details (the heads, the induced and fine-tuned trees, the rules) and the
+        per-test-token parts of the metrics that average over test tokens."""
         l2 = self.options.l2
         out: dict[str, float | None] = {}
-        out["dense_accuracy"] = data.cached(("dense", l2), lambda: dense_probe(data, l2))["accuracy"]
-        out["token_identity_accuracy"] = data.cached("token_identity", lambda: token_identity(data))["accuracy"]
         split = Split.encode(sae, data)
+        dense = data.cached(("dense_predictions", l2), lambda: dense_predictions(data, l2))
+        out["dense_accuracy"] = split.accuracy(dense, "dense_accuracy")
+        identity = data.cached("token_identity_predictions", lambda: token_identity_predictions(data))
+        out["token_identity_accuracy"] = split.accuracy(identity, "token_identity_accuracy")
         head = fit_logistic(split.x_tr, split.y_tr, split.n_classes, l2=l2)
-        out["head_accuracy"] = split.accuracy(head.predict(split.x_te))
+        out["head_accuracy"] = split.accuracy(head.predict(split.x_te), "head_accuracy")
         out["head_f1"] = classification_metrics(head.predict(split.x_te), split.y_te, split.n_classes)["f1"]
         tree = _induce(head.weight, head.bias, _scale(split.x_tr))
         out.update(split.tree_accuracies(tree))
         out["tree_gap"] = out["head_accuracy"] - out["tree_hard_accuracy"]
+        (head_hit, ones), (tree_hit, _) = split.parts["head_accuracy"][0], split.parts["tree_hard_accuracy"][0]
+        split.parts["tree_gap"] = [(head_hit - tree_hit, ones)]
         out.update(_normalised_tree_accuracies(head, split))
         # rules explain the tree that is used: the fine-tuned one when there is one (SegNBDT's), whose
         # decisions are as accurate as the head's, not the induced tree before training
@@ -188,7 +219,7 @@ class TreeProbeScorer(saebench.Scorer):
             "tree_is": "fine-tuned" if self.options.finetune_epochs else "induced",
             "rule_names_from": rule_info,
         }
-        return out, detail
+        return out, detail, split.parts
 
     def finetune(self, tree: nbdt.Tree, head: LinearProbe, split: Split, out: dict[str, float | None]) -> nbdt.Tree:
         """The head fine-tuned with the tree-supervision loss on ``tree``'s hierarchy, as a tree; its
@@ -197,15 +228,17 @@ class TreeProbeScorer(saebench.Scorer):
         with torch.enable_grad():
             w, b = nbdt.finetune_head(head.weight, head.bias, split.x_tr, split.y_tr, settings, children=tree.children)
         ft = nbdt.build_tree(tree.children, w, b)  # the hierarchy the fine-tuning was supervised with
-        out["ft_head_accuracy"] = split.accuracy((split.x_te @ w.T + b).argmax(-1))
+        out["ft_head_accuracy"] = split.accuracy((split.x_te @ w.T + b).argmax(-1), "ft_head_accuracy")
         out.update(split.tree_accuracies(ft, "ft_"))
         return ft
 
     def node_rules(self, tree: nbdt.Tree, split: Split) -> dict[int, dict]:
         """Per inner node: its rule latents (see ``rule_latents``), their flip rate on the test tokens
-        and the flip rate of frequency-matched random latents (the control)."""
+        and the flip rate of frequency-matched random latents (the control); their per-token flips
+        and correct routings into ``split.parts``."""
         frequency = (split.x != 0).float().mean(0)
         nodes: dict[int, dict] = {}
+        rule_parts, random_parts = split.parts.setdefault("rule_flip_rate", []), []
         for i in range(len(tree.children)):
             node = tree.n_classes + i
             rule = rule_latents(
@@ -217,18 +250,25 @@ class TreeProbeScorer(saebench.Scorer):
                 max_latents=self.options.max_rule_latents,
             )
             latents = rule["latents"]
-            flip = _finite(flip_rate(tree, split.x_te, split.y_te, node, latents)) if latents else None
+            correct, flipped = flips(tree, split.x_te, split.y_te, node, latents)
+            flip = float(flipped[correct].double().mean()) if latents and bool(correct.any()) else None
+            if flip is not None:
+                rule_parts.append((flipped.double(), correct.double()))
             controls = []
             # the control needs as many latents again, disjoint from the rule: a narrow SAE may not have them
             matchable = flip is not None and frequency.numel() >= 2 * len(latents)
             for draw in range(RANDOM_DRAWS if matchable else 0):
                 other = matched_random(latents, frequency, exclude=latents, seed=draw)
-                controls.append(flip_rate(tree, split.x_te, split.y_te, node, other))
+                controls.append(flips(tree, split.x_te, split.y_te, node, other)[1].double())
+            if controls:
+                random_parts.append((torch.stack(controls).mean(0), correct.double()))
+                controls = [float(c[correct].mean()) for c in controls]
             nodes[node] = {
                 **rule,
                 "flip_rate": flip,
                 "random_flip_rate": sum(controls) / len(controls) if controls else None,
             }
+        split.parts["random_flip_rate"] = random_parts
         return nodes
 
     def stability(self, x_tr: Tensor, y_tr: Tensor, C: int) -> float | None:
@@ -259,11 +299,11 @@ def _normalised_tree_accuracies(head: LinearProbe, split: Split) -> dict[str, fl
 def _rule_metrics(nodes: dict[int, dict]) -> dict[str, float | None]:
     """The rules' size and faithfulness, averaged over the inner nodes."""
     sizes = [len(n["latents"]) for n in nodes.values()]
-    flips = [n["flip_rate"] for n in nodes.values() if n["flip_rate"] is not None]
+    rates = [n["flip_rate"] for n in nodes.values() if n["flip_rate"] is not None]
     controls = [n["random_flip_rate"] for n in nodes.values() if n["random_flip_rate"] is not None]
     return {
         "rule_latents_per_node": sum(sizes) / len(sizes) if sizes else None,
-        "rule_flip_rate": sum(flips) / len(flips) if flips else None,
+        "rule_flip_rate": sum(rates) / len(rates) if rates else None,
         "random_flip_rate": sum(controls) / len(controls) if controls else None,
     }
 
@@ -311,10 +351,6 @@ def _induce(weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor) -> nb
     decisions are the same either way, and ablating a latent is zeroing it)."""
     children = nbdt.induce_tree(weight * scale, bias).children
     return nbdt.build_tree(children, weight, bias)
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) else value
 
 
 def _named(tree: nbdt.Tree, names: list[str]) -> dict[str, str]:

@@ -25,6 +25,7 @@ from saebench.plugins.scorers.treeprobe.nbdt import Tree, build_tree, node_decis
 __all__ = [
     "rule_latents",
     "flip_rate",
+    "flips",
     "matched_random",
     "random_tree",
     "triplet_agreement",
@@ -119,15 +120,22 @@ def flip_rate(tree: Tree, X: Tensor, y: Tensor, node: int, latents: Sequence[int
 
     NaN when ``node`` routes no point correctly (nothing to flip).
     """
+    correct, flipped = flips(tree, X, y, node, latents)
+    if not bool(correct.any()):
+        return float("nan")
+    return float(flipped[correct].float().mean())
+
+
+def flips(tree: Tree, X: Tensor, y: Tensor, node: int, latents: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Per point (bool [N] each): whether ``node`` routes it correctly (it is under the node), and
+    whether ``latents`` = 0 reroutes it (only ever True where correct): the rows of :func:`flip_rate`."""
     side = _side(tree, node, y)
     full = node_decisions(tree, X, node)
     correct = (side >= 0) & (full == side)
-    if not bool(correct.any()):
-        return float("nan")
     if not latents:
-        return 0.0
+        return correct, torch.zeros_like(correct)
     ablated = node_decisions(tree, X, node, ablate=latents)
-    return float((ablated[correct] != full[correct]).float().mean())
+    return correct, correct & (ablated != full)
 
 
 def matched_random(
