@@ -37,6 +37,7 @@ th[data-col]{cursor:pointer;user-select:none}th[data-col]:hover{background:#e3e7
 th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
 tbody tr:nth-child(even){background:#fafbfc}
 .pm{color:#667085;font-size:12px}td.tied{background:#fef6e0}.star{color:#b54708}
+.unstable{color:#b42318}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:12px}
 .plots img{width:100%;height:auto;border:1px solid #eceef2}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:12px}

@@ -213,7 +213,8 @@ STABLE_RANK_CORRELATION = 0.8
 def reliability(columns: Sequence[str], rows: Sequence[dict]) -> list[dict[str, Any]]:
     """Test–retest reliability of each repeated metric: the Spearman correlation of the SAEs' values
     between every two seeds (over the SAEs with a value in both), its mean and minimum, and whether the
-    ranking is stable (mean ≥ STABLE_RANK_CORRELATION). Needs 3 SAEs: two always rank ±1."""
+    ranking is stable (mean ≥ STABLE_RANK_CORRELATION). Needs 3 SAEs (two always rank ±1) whose values
+differ within each seed; otherwise the correlations are None."""
     from scipy.stats import spearmanr
 
     groups: dict[str, dict[int, str]] = {}
@@ -233,9 +234,10 @@ def reliability(columns: Sequence[str], rows: Sequence[dict]) -> list[dict[str, 
                 pairs = [
                     (r[by_seed[s]], r[by_seed[t]]) for r in rows if _num(r.get(by_seed[s])) and _num(r.get(by_seed[t]))
                 ]
-                if len(pairs) >= 3:
-                    rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
-                    rhos.append(float(rho) if math.isfinite(rho) else 0.0)  # constant values: no ranking
+                a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+                # a seed where every SAE scores the same has no ranking to correlate: left out
+                if len(pairs) >= 3 and len(set(a)) > 1 and len(set(b)) > 1:
+                    rhos.append(float(spearmanr(a, b).statistic))
         mean = sum(rhos) / len(rhos) if rhos else None
         out.append({
             "metric": column,

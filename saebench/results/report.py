@@ -26,7 +26,15 @@ from saebench import plugin_manager
 from saebench.errors import SaebenchError
 from saebench.interp.records import RecordSet
 from saebench.results.html import esc, fmt, page, split_column
-from saebench.results.intervals import SAEKey, StoredUnits, intervals, tied_with_best, without_interval
+from saebench.results.intervals import (
+    STABLE_RANK_CORRELATION,
+    SAEKey,
+    StoredUnits,
+    intervals,
+    reliability,
+    tied_with_best,
+    without_interval,
+)
 from saebench.results.leaderboard import ID_COLUMNS, leaderboard_rows
 from saebench.results.plots import frontier, headline
 from saebench.run.store import ResultsStore
@@ -54,6 +62,9 @@ def write_report(
         ("frontier", "Sparsity–fidelity frontier", frontier(columns, rows, archs, scorers, noise.intervals)),
         ("latents", "Latents", cards),
     ]
+    repeats = reliability(columns, rows)
+    if repeats:
+        sections.insert(2, ("seeds", "Across seeds", _reliability(repeats)))
     for info in plugin_manager.get_registry().of_kind("report_section"):
         body = info.obj().render(stored)
         if body is not None:
@@ -158,6 +169,27 @@ def _missing(noise: Noise) -> str:
         return ""
     items = "".join(f"<li><code>{esc(c)}</code>: {esc(why)}</li>" for c, why in noise.missing.items())
     return f'<h3>Metrics without an interval</h3><ul class="no-interval">{items}</ul>'
+
+
+def _reliability(repeats: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in repeats:
+        if r["stable"] is None:
+            verdict = "no ranking to compare (fewer than 3 SAEs, or all equal)"
+        elif r["stable"]:
+            verdict = "stable"
+        else:
+            verdict = '<strong class="unstable">unstable</strong>: the ranking changes with the seed'
+        rows.append(
+            f"<tr><td><code>{esc(r['metric'])}</code></td><td>{r['seeds']}</td><td>{r['saes']}</td>"
+            f"<td>{fmt(r['mean_rank_correlation'])}</td><td>{fmt(r['min_rank_correlation'])}</td><td>{verdict}</td></tr>"
+        )
+    head = "".join(f"<th>{h}</th>" for h in ("metric", "seeds", "SAEs", "mean ρ", "min ρ", ""))
+    return (
+        f'<p class="note">Spearman correlation of the SAEs\' values between every two seeds; a metric is '
+        f"flagged unstable when the mean is below {STABLE_RANK_CORRELATION}.</p>"
+        f'<table class="reliability"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
 
 
 # -- leaderboard -------------------------------------------------------------------------------------

@@ -145,3 +145,35 @@ def test_reliability_ranks_the_saes_between_seeds(seeded):
     for r in rows.values():
         assert r["seeds"] == 3 and r["saes"] == 3
         assert r["mean_rank_correlation"] is None or -1 <= r["min_rank_correlation"] <= r["mean_rank_correlation"] <= 1
+
+
+def test_the_report_flags_metrics_whose_ranking_changes_with_the_seed(seeded):
+    from saebench.results.intervals import STABLE_RANK_CORRELATION, reliability
+    from saebench.results.leaderboard import leaderboard_rows
+    from saebench.results.report import write_report
+
+    folder, _, _ = seeded
+    output = folder / "runs" / "seeds"
+    expected = reliability(*leaderboard_rows(output))
+    page = write_report(output, folder / "report.html", resamples=50).read_text()
+    assert 'id="seeds"' in page and "Across seeds" in page
+    section = page[page.index('class="reliability"') :]
+    section = section[: section.index("</table>")]
+    for r in expected:
+        assert f"<code>{r['metric']}</code>" in section
+    unstable = [r for r in expected if r["stable"] is False]
+    assert section.count('class="unstable"') == len(unstable)
+    assert all(r["mean_rank_correlation"] < STABLE_RANK_CORRELATION for r in unstable)
+
+
+def test_an_unstable_ranking_is_flagged_and_a_stable_one_is_not():
+    from saebench.results.intervals import reliability
+    from saebench.results.report import _reliability
+
+    columns = ["m@s0.x", "m@s1.x", "m@s0.y", "m@s1.y"]
+    rows = [{"m@s0.x": i, "m@s1.x": i, "m@s0.y": i, "m@s1.y": -i} for i in range(4)]
+    got = {r["metric"]: r for r in reliability(columns, rows)}
+    assert got["m.x"]["stable"] is True and got["m.x"]["mean_rank_correlation"] == pytest.approx(1.0)
+    assert got["m.y"]["stable"] is False and got["m.y"]["mean_rank_correlation"] == pytest.approx(-1.0)
+    html = _reliability(list(got.values()))
+    assert html.count('class="unstable"') == 1 and html.index("m.y") < html.index('class="unstable"')
