@@ -214,7 +214,7 @@ def reliability(columns: Sequence[str], rows: Sequence[dict]) -> list[dict[str, 
     """Test–retest reliability of each repeated metric: the Spearman correlation of the SAEs' values
     between every two seeds (over the SAEs with a value in both), its mean and minimum, and whether the
     ranking is stable (mean ≥ STABLE_RANK_CORRELATION). Needs 3 SAEs (two always rank ±1) whose values
-differ within each seed; otherwise the correlations are None."""
+    differ within each seed; otherwise the correlations are None."""
     from scipy.stats import spearmanr
 
     groups: dict[str, dict[int, str]] = {}
