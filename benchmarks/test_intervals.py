@@ -17,11 +17,10 @@ from conftest import NOTES, record, run
 
 from saebench.results.intervals import StoredUnits, intervals
 from saebench.run.store import CellKey, ResultsStore
-from saebench.uncertainty import Absent, Ratio, Units
+from saebench.uncertainty import Ratio, Units
 
 CONTEXTS = 20 if conftest.SMALL else 156
 RESAMPLES = 50 if conftest.SMALL else 1000
-D_SAE = 4096
 GROUP = f"intervals of a quickstart-sized leaderboard: 3 SAEs, {CONTEXTS} contexts, {RESAMPLES} resamples"
 DOWNSTREAM = {
     "ce_loss_score": Ratio(num={"ce_zero": 1.0, "ce_sae": -1.0}, den={"ce_zero": 1.0, "ce_clean": -1.0}),
@@ -42,16 +41,12 @@ def cells(rng) -> dict[str, Units]:
     def col(scale):
         return (rng.uniform(0.5, 1.5, CONTEXTS) * scale * tokens).tolist()
 
-    rare = [sorted(rng.choice(CONTEXTS, rng.integers(1, 10), replace=False).tolist()) for _ in range(800)]
     return {
         "sparsity": Units(
             unit="context",
             ids=ids,
             columns={"active": col(32), "tokens": tokens.tolist()},
-            metrics={
-                "l0": Ratio(num={"active": 1.0}, den={"tokens": 1.0}),
-                "dead_fraction": Absent(items=D_SAE, never=300, rare=rare),
-            },
+            metrics={"l0": Ratio(num={"active": 1.0}, den={"tokens": 1.0})},
         ),  # fmt: skip
         "reconstruction": Units(
             unit="context",
@@ -110,24 +105,20 @@ def naive(folder) -> dict:
             values = []
             for _ in range(RESAMPLES):
                 pick = rng.integers(0, u.n, u.n)
-                if isinstance(est, Absent):
-                    drawn = set(pick.tolist())
-                    values.append((est.never + sum(1 for r in est.rare if not drawn.intersection(r))) / est.items)
-                else:
-                    num = sum(c * cols[k][pick].sum() for k, c in est.num.items())
-                    den = sum(c * cols[k][pick].sum() for k, c in est.den.items())
-                    values.append(num / den)
+                num = sum(c * cols[k][pick].sum() for k, c in est.num.items())
+                den = sum(c * cols[k][pick].sum() for k, c in est.den.items())
+                values.append(num / den)
             out[(key, metric)] = np.quantile(values, [0.025, 0.975])
     return out
 
 
 def test_intervals_ours(benchmark, store):
     found = run(benchmark, lambda: intervals(StoredUnits.load(store), resamples=RESAMPLES))
-    assert sum(len(v) for v in found.values()) == 3 * 8
+    assert sum(len(v) for v in found.values()) == 3 * 7
     record(benchmark, GROUP, "saebench: load units + vectorised bootstrap", 0, 0)
 
 
 def test_intervals_naive(benchmark, store):
     found = run(benchmark, lambda: naive(store))
-    assert len(found) == 3 * 8
+    assert len(found) == 3 * 7
     record(benchmark, GROUP, "naive: per-resample loop over drawn contexts", 0, 0, "naive")

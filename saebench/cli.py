@@ -199,7 +199,21 @@ def _cmd_compare_saes(args: argparse.Namespace) -> int:
     print(table(COMPARE_COLUMNS, rows, args.format))
     if not rows:
         print("no metric with per-unit statistics for both SAEs", file=sys.stderr)
+    if not args.metric:
+        for column, why in _not_compared(args.output, args.a, args.b).items():
+            print(f"not compared: {column}: {why}", file=sys.stderr)
     return 0
+
+
+def _not_compared(output: str, a: str, b: str) -> dict[str, str]:
+    """The headline metrics of SAEs ``a`` and ``b`` that have no interval, with why."""
+    from saebench.results.intervals import StoredUnits, find_sae, without_interval
+    from saebench.results.leaderboard import leaderboard_rows
+
+    columns, rows = leaderboard_rows(output)
+    keys = [(r["model"], r["hookpoint"], r["sae"]) for r in rows]
+    pair = {find_sae(keys, a), find_sae(keys, b)}
+    return without_interval(StoredUnits.load(output), columns, [r for k, r in zip(keys, rows) if k in pair])
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from saebench.errors import ShapeError
 from saebench.interfaces import EvalInputs
 from saebench.options import Options
 from saebench.sae import SAE
-from saebench.uncertainty import Estimator, Units
+from saebench.uncertainty import Ratio, Units
 
 
 class StreamOptions(Options):
@@ -101,7 +101,7 @@ class ContextSums:
             total.index_add_(0, ctx.to(torch.int64), values.detach().to(device="cpu", dtype=torch.float64).reshape(-1))
         return ctx
 
-    def units(self, metrics: dict[str, Estimator], weight: str, **extra: Tensor) -> Units | None:
+    def units(self, metrics: dict[str, Ratio], weight: str, **extra: Tensor) -> Units | None:
         """The contexts with a non-zero ``weight`` column (their evaluated tokens) as Units; ``extra``
         columns are per-context values computed after the pass."""
         if self.contexts is None or weight not in self.sums:

@@ -2,9 +2,8 @@
 
 A scorer whose metric averages over *units* (evaluation contexts, latents, test examples) returns,
 beside its metrics, a :class:`Units`: one row of sums per unit and, per metric, how the metric is
-computed from the column totals (:class:`Ratio`, or :class:`Absent` for "fraction of latents that
-never fire"). The runner stores it beside the cell, so an interval is recomputed from the store in
-milliseconds, without rerunning anything.
+computed from the column totals (:class:`Ratio`). The runner stores it beside the cell, so an
+interval is recomputed from the store in milliseconds, without rerunning anything.
 
 Why whole units: tokens of one context are correlated, so resampling tokens would understate the
 spread; a ratio metric (CE loss score, explained variance) is recomputed from the resampled
@@ -25,7 +24,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -48,23 +47,6 @@ class Ratio(BaseModel):
     den: dict[str, float]
 
 
-class Absent(BaseModel):
-    """metric = the fraction of ``items`` (latents) present in no sampled unit.
-
-    ``never`` items are in no unit at all; ``rare[i]`` lists the units (positions) item i is in, for
-    the items in fewer than a threshold of units; every other item is treated as always present (an
-    item in m of n units vanishes from a resample with probability (1 − m/n)^n ≈ e^−m).
-    """
-
-    kind: Literal["absent"] = "absent"
-    items: int
-    never: int
-    rare: list[list[int]] = Field(default_factory=list)
-
-
-Estimator = Annotated[Ratio | Absent, Field(discriminator="kind")]
-
-
 class Units(BaseModel):
     """Per-unit sufficient statistics of one cell: ``columns[name][i]`` belongs to unit ``ids[i]``."""
 
@@ -72,7 +54,22 @@ class Units(BaseModel):
     ids: list[int | str]
     strata: list[int] | None = Field(None, description="resample within these groups (e.g. a probe task)")
     columns: dict[str, list[float]]
-    metrics: dict[str, Estimator]
+    metrics: dict[str, Ratio]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_estimators(cls, data):
+        # a store written by a version with estimators this one lacks still loads: those metrics get no interval
+        if isinstance(data, dict) and isinstance(data.get("metrics"), dict):
+            data = {
+                **data,
+                "metrics": {
+                    k: v
+                    for k, v in data["metrics"].items()
+                    if not isinstance(v, dict) or v.get("kind", "ratio") == "ratio"
+                },
+            }
+        return data
 
     @model_validator(mode="after")
     def _aligned(self) -> Units:
@@ -83,11 +80,9 @@ class Units(BaseModel):
         if self.strata is not None and len(self.strata) != n:
             raise ValueError(f"{len(self.strata)} strata for {n} units")
         for metric, est in self.metrics.items():
-            if isinstance(est, Ratio):
-                missing = set(est.num) | set(est.den)
-                missing -= set(self.columns)
-                if missing:
-                    raise ValueError(f"metric {metric!r} uses unknown column {sorted(missing)[0]!r}")
+            missing = (set(est.num) | set(est.den)) - set(self.columns)
+            if missing:
+                raise ValueError(f"metric {metric!r} uses unknown column {sorted(missing)[0]!r}")
         return self
 
     @property
@@ -101,20 +96,12 @@ class Units(BaseModel):
     def subset(self, positions: np.ndarray) -> Units:
         """The units at ``positions`` (in that order), for pairing two cells on their shared units."""
         pos = [int(p) for p in positions]
-        where = {p: i for i, p in enumerate(pos)}
-        metrics: dict[str, Ratio | Absent] = {}
-        for name, est in self.metrics.items():
-            if isinstance(est, Absent):
-                rare = [[where[u] for u in r if u in where] for r in est.rare]
-                never = est.never + sum(1 for r in rare if not r)
-                est = Absent(items=est.items, never=never, rare=[r for r in rare if r])
-            metrics[name] = est
         return Units(
             unit=self.unit,
             ids=[self.ids[p] for p in pos],
             strata=None if self.strata is None else [self.strata[p] for p in pos],
             columns={k: [v[p] for p in pos] for k, v in self.columns.items()},
-            metrics=metrics,
+            metrics=dict(self.metrics),
         )
 
     # -- values --------------------------------------------------------------------------------
@@ -129,11 +116,6 @@ class Units(BaseModel):
         w = np.asarray(weights, dtype=np.float64)
         if w.ndim != 2 or w.shape[1] != self.n:
             raise ShapeError(f"weights {list(w.shape)} for {self.n} units", metric)
-        if isinstance(est, Absent):
-            gone = np.full(w.shape[0], float(est.never))
-            for r in est.rare:
-                gone += w[:, r].sum(axis=1) == 0
-            return gone / est.items if est.items else np.full(w.shape[0], np.nan)
         num, den = self._combine(est.num), self._combine(est.den)
         top, bottom = w @ num, w @ den
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -318,7 +300,7 @@ def mean_units(
     one of w (0 where undefined). A mean over tasks of per-task means is ``strata`` = task and
     ``weights`` = 1 / (the task's units)."""
     columns: dict[str, list[float]] = {}
-    metrics: dict[str, Ratio | Absent] = {}
+    metrics: dict[str, Ratio] = {}
     w = weights or [1.0] * len(ids)
     for name, vals in values.items():
         ok = [v is not None and bool(np.isfinite(v)) for v in vals]

@@ -72,14 +72,15 @@ def test_leaderboard_ci_columns_bracket_every_interval_metric(scored):
     out = cli("leaderboard", OUT, "--ci", cwd=scored)
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
-    for column in ("sparsity.l0", "sparsity.dead_fraction", "reconstruction.explained_variance",
+    for column in ("sparsity.l0", "reconstruction.explained_variance",
                    "reconstruction.mse", "downstream.ce_loss_score", "downstream.kl_score"):  # fmt: skip
         for r in rows:
             low, value, high = (float(r[f"{column}{s}"]) for s in (".ci_low", "", ".ci_high"))
             assert low <= value <= high, (column, r["sae"])
-            if column != "sparsity.dead_fraction":
-                assert low < high
+            assert low < high
     assert "sparsity.dense_fraction.ci_low" not in rows[0]  # no estimator: no made-up interval
+    assert "sparsity.dead_fraction.ci_low" not in rows[0]
+    assert "no interval for sparsity.dead_fraction: a count of latents that never fire" in out.stderr
     assert "95% percentile bootstrap" in out.stderr and "1000 resamples" in out.stderr
     as_json = json.loads(cli("leaderboard", OUT, "--ci", "--format", "json", "--ci-level", "0.8", cwd=scored).stdout)
     narrow = {r["sae"]: r for r in as_json}
@@ -116,6 +117,8 @@ def test_compare_saes_prints_paired_differences(scored):
         assert r["paired"] and r["unit"] == "context"
         assert r["diff"] == pytest.approx(r["a"] - r["b"])
         assert r["ci_low"] <= r["diff"] <= r["ci_high"] and 0 < r["p_value"] <= 1
+    assert "sparsity.dead_fraction" not in rows
+    assert "not compared: sparsity.dead_fraction: a count of latents that never fire" in out.stderr
     same = json.loads(cli("compare-saes", OUT, "relu-a", "relu-a", "--format", "json", cwd=scored).stdout)
     assert all(r["diff"] == 0 and r["p_value"] == 1 and r["verdict"].startswith("tied") for r in same)
     md = cli("compare-saes", OUT, "relu-a", "relu-b", "--metric", "downstream.ce_loss_score", cwd=scored).stdout

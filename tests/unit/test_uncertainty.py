@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from saebench.uncertainty import Absent, Ratio, Units, compare, draws, interval, mean_units
+from saebench.uncertainty import Ratio, Units, compare, draws, interval, mean_units
 
 RATIO = {"m": Ratio(num={"s": 1.0}, den={"t": 1.0})}
 
@@ -108,12 +108,15 @@ def test_mean_units_leave_out_undefined_values():
     assert u.value("auc") == 0.5 and u.value("f1") == pytest.approx(0.5)
 
 
-def test_absent_counts_items_present_in_no_drawn_unit():
-    est = Absent(items=10, never=2, rare=[[0], [1, 2], [3]])
-    u = Units(unit="context", ids=[0, 1, 2, 3], columns={}, metrics={"dead": est})
-    assert u.value("dead") == pytest.approx(0.2)
-    w = np.array([[1, 0, 0, 3], [0, 0, 0, 4], [0, 1, 0, 3]], dtype=float)
-    assert u.values("dead", w).tolist() == pytest.approx([3 / 10, 4 / 10, 3 / 10])
+def test_a_stored_estimator_this_version_does_not_know_is_left_out():
+    stored = {
+        "unit": "context",
+        "ids": [0, 1],
+        "columns": {"a": [1.0, 2.0], "n": [1.0, 1.0]},
+        "metrics": {"m": {"kind": "ratio", "num": {"a": 1.0}, "den": {"n": 1.0}}, "dead": {"kind": "absent", "items": 3}},
+    }
+    u = Units.model_validate(stored)
+    assert set(u.metrics) == {"m"} and u.value("m") == pytest.approx(1.5)
 
 
 def test_paired_comparison_sees_a_small_difference_that_unpaired_cannot():
