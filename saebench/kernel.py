@@ -178,30 +178,52 @@ def encode_dense(
 
 
 def _topk_tile_row(plan: EncoderPlan, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """ReLU(top-k) of one chunk of tokens across all latent blocks: a running top-k."""
+    """ReLU(top-k) of one chunk of tokens across all latent blocks: a running top-k (k <= d_sae)."""
     first, *rest = plan.blocks
     values, indices = torch.topk(plan.linear(x, first), min(k, first.hi - first.lo), dim=-1, sorted=False)
     for b in rest:
         v, i = torch.topk(plan.linear(x, b), min(k, b.hi - b.lo), dim=-1, sorted=False)
-        values, pos = torch.topk(torch.cat([values, v], 1), k, dim=-1, sorted=False)
+        both = torch.cat([values, v], 1)
+        values, pos = torch.topk(both, min(k, both.shape[1]), dim=-1, sorted=False)
         indices = torch.cat([indices, i + b.lo], 1).gather(1, pos)
     return values.relu_(), indices
+
+
+def encode_topk(
+    sae: Fusable, x: Tensor, k: int, *, sorted: bool = False, compute_dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
+    """(values, indices) [N, k] of a TopK-style SAE (``topk_per_token``) encoding x [N, d_in] with top-``k``
+    instead of its ``cfg.k``: ReLU of each token's k largest pre-activations (Gao et al. 2024, section 5.3,
+    swap TopK(k) for TopK(k') after training). With ``sorted``, each row is in decreasing order, so its
+    first k' columns are the top-k' encoding for every k' <= k. The SAE's own encoding is ``k = cfg.k``.
+    """
+    if not sae.topk_per_token:
+        raise ShapeError("encode_topk needs a TopK-style SAE (topk_per_token), whose latents are a per-token top-k")
+    if not 1 <= k <= sae.cfg.d_sae:
+        raise ShapeError(f"top-k with k={k} needs 1 <= k <= d_sae={sae.cfg.d_sae}")
+    plan = plan_for(sae, compute_dtype)
+    n = x.shape[0]
+    dtype = sae.W_enc.dtype
+    values = torch.empty(n, k, dtype=dtype, device=x.device)
+    indices = torch.empty(n, k, dtype=torch.long, device=x.device)
+    for s in _chunks(n, plan.chunk):
+        v, i = _topk_tile_row(plan, x[s], k)
+        if sorted:
+            v, order = v.sort(dim=1, descending=True)
+            i = i.gather(1, order)
+        values[s], indices[s] = v, i
+    return values, indices
 
 
 def encode_sparse(
     sae: Fusable, x: Tensor, k_max: int | None = None, compute_dtype: torch.dtype | None = None
 ) -> tuple[Tensor, Tensor]:
     """(values, indices) [N, K] of x [N, d_in]; see :meth:`saebench.SAE.encode_sparse` for K and padding."""
+    if sae.topk_per_token:
+        return encode_topk(sae, x, sae.cfg.k, compute_dtype=compute_dtype)
     plan = plan_for(sae, compute_dtype)
     n = x.shape[0]
     dtype = sae.W_enc.dtype
-    if sae.topk_per_token:
-        k = sae.cfg.k
-        values = torch.empty(n, k, dtype=dtype, device=x.device)
-        indices = torch.empty(n, k, dtype=torch.long, device=x.device)
-        for s in _chunks(n, plan.chunk):
-            values[s], indices[s] = _topk_tile_row(plan, x[s], k)
-        return values, indices
     finish = sae.finish_sparse if sae.sparse_from_relu else None
     parts = []
     for s in _chunks(n, plan.chunk):

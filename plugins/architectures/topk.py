@@ -46,19 +46,38 @@ class TopKSAE(saebench.SAE):
         return torch.zeros_like(h).scatter(-1, indices, values.relu())
 
     def training_forward(self, x: Tensor, state: TrainState) -> TrainingOutput:
-        """MSE + aux_coefficient·AuxK. Sparse throughout: the kernel's GEMM picks the latents (no grad),
-        :class:`~saebench.training.GatherPreacts` gives their values gradients, and decoding is an embedding_bag."""
+        """MSE + aux_coefficient·AuxK (+ Multi-TopK's weight·MSE at multiplier·k, if on). Sparse throughout:
+        the kernel's GEMM picks the latents (no grad), :class:`~saebench.training.GatherPreacts` gives their
+        values gradients, and decoding is an embedding_bag.
+
+        Multi-TopK (Gao et al. 2024, arXiv:2406.04093, section 5.3: L(k) + L(4k)/8) selects each token's top multiplier·k
+        latents once, in decreasing order; the first k of them are the SAE's own encoding. The term is
+        ``multi_topk.weight · mse(x̂_{multiplier·k}, x)``, in the units of ``mse``: Gao et al.'s L is the
+        normalised MSE, and both terms share the normaliser, so the ratio of the two is the paper's. AuxK
+        still reconstructs the residual of the top-k reconstruction, and only the top k count as fired
+        (dead latents, l0): the SAE is the TopK(k) one, the second term only trains it for larger k.
+        """
         from saebench.training import GatherPreacts, TrainingOutput, mse
 
         cfg = state.cfg
+        k, k_multi = self.cfg.k, cfg.multi_topk_k
         dead = state.dead.nonzero().squeeze(1) if state.dead is not None and cfg.aux_coefficient > 0 else None
         aux_k = min(cfg.aux_k_for(self.cfg.d_in), len(dead)) if dead is not None else 0
         with torch.no_grad():
-            values, indices, aux_values, aux_indices = self._select(x, dead if aux_k else None, aux_k)
+            values, indices, aux_values, aux_indices = self._select(x, dead if aux_k else None, aux_k, k_multi or k)
+            if k_multi:
+                values, order = values.sort(dim=1, descending=True)
+                indices = indices.gather(1, order)
         x_in = self.prepare_input(x)
         values = GatherPreacts.apply(x_in, self.W_enc, self.b_enc, indices, values).relu()
+        if k_multi:
+            x_hat_multi = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
+            values, indices = values[:, :k].contiguous(), indices[:, :k].contiguous()
         x_hat = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
         losses = {"mse": mse(x_hat, x)}
+        if k_multi:
+            assert cfg.multi_topk is not None
+            losses["multi_topk"] = cfg.multi_topk.weight * mse(x_hat_multi, x)
         if aux_k:  # AuxK trains the dead latents' encoder columns and decoder rows, not b_dec
             aux_values = GatherPreacts.apply(x_in.detach(), self.W_enc, self.b_enc, aux_indices, aux_values)
             aux = auxk_loss((x - x_hat).detach(), x, aux_values, aux_indices, self.W_dec)
@@ -71,14 +90,14 @@ class TopKSAE(saebench.SAE):
         return TrainingOutput(x_hat, losses, l0=active.sum(-1).float().mean(), fired=fired)
 
     def _select(
-        self, x: Tensor, dead: Tensor | None, aux_k: int
+        self, x: Tensor, dead: Tensor | None, aux_k: int, k: int
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """Pre-activations and indices of each token's top k latents and, if ``dead`` is given, of its
-        top ``aux_k`` dead latents: one pass of the kernel's chunked GEMM, no dense [tokens, d_sae] tensor."""
+        """Pre-activations and indices of each token's top k latents (unordered) and, if ``dead`` is given, of
+        its top ``aux_k`` dead latents: one pass of the kernel's chunked GEMM, no dense [tokens, d_sae] tensor."""
         from saebench import kernel
 
         plan = kernel.plan_for(self)
-        k, n = self.cfg.k, x.shape[0]
+        n = x.shape[0]
         local = [] if dead is None else [dead[(dead >= b.lo) & (dead < b.hi)] - b.lo for b in plan.blocks]
         out: list[tuple[Tensor, ...]] = []
         for s in range(0, n, plan.chunk):

@@ -24,6 +24,17 @@ L2-ratio sums and counts). Σ‖x − x̄‖² per context uses x̄ of all evalu
 over the activations, without encoding): the bootstrap keeps x̄ fixed, whose re-estimation would
 change the total by a relative O(1 / contexts).
 
+Test-time k (option ``ks``; Gao et al. 2024, arXiv:2406.04093, section 5.3 "Progressive recovery"): for a TopK SAE
+(one whose latents are a per-token top-k, ``topk_per_token``), ``fvu_at_k{K}`` for each K in ``ks`` is
+the FVU above when the SAE encodes with TopK(K) in place of its trained TopK(k): each token keeps its K
+largest pre-activations (then the ReLU), decoded as usual, over the same tokens and the same
+Σ‖x − x̄‖². ``fvu_at_k{k}`` equals ``fvu``. A TopK SAE that overfits to its k gets worse above it; one
+trained with Multi-TopK (``train: multi_topk``) keeps improving. Any other SAE (ReLU, JumpReLU, a
+BatchTopK-style one with a threshold at inference) has no per-token k to change: its ``fvu_at_k{K}``
+are None and ``ks_skipped`` in the details says why (so a matrix may pair the option with SAEs of
+several architectures); a K larger than d_sae is skipped the same way. The top-K encoding is one
+more pass of the encoder per batch (at the largest K, whose sorted rows give every smaller K).
+
 Details: ``saebench_0_6_explained_variance`` is what sae-bench 0.6.0's core eval reports as
 ``explained_variance`` for these tokens evaluated as one batch (its default,
 n_eval_sparsity_variance_batches=1, or equal-sized batches):
@@ -33,12 +44,14 @@ instead of subtracting ‖E[x]‖², so it is not a variance; kept for compariso
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from pydantic import Field, field_validator
 from torch import Tensor
 
 import saebench
+from saebench import kernel
 from saebench.metrics import ContextSums, StreamOptions, activation_batches, encoded_batches, ratio
 from saebench.uncertainty import Ratio
 
@@ -54,6 +67,23 @@ ESTIMATORS = {
 METRICS = ("explained_variance", "fvu", "mse", "cosine", "l2_ratio", "relative_reconstruction_bias")
 
 
+class ReconstructionOptions(StreamOptions):
+    ks: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="TopK SAEs: also report fvu_at_k{K}, the FVU when encoding with top-K instead of the trained k",
+    )
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_and_distinct(cls, ks: list[int] | None) -> list[int] | None:
+        if ks is not None and any(k < 1 for k in ks):
+            raise ValueError(f"ks are latents kept per token, each at least 1: {ks}")
+        if ks is not None and len(set(ks)) != len(ks):
+            raise ValueError(f"ks lists a k more than once: {ks}")
+        return ks
+
+
 class ReconstructionScorer(saebench.Scorer):
     """Explained variance, FVU, MSE, cosine similarity, L2 ratio and relative reconstruction bias."""
 
@@ -64,15 +94,23 @@ class ReconstructionScorer(saebench.Scorer):
         saebench.Metric("cosine"),
     )
 
-    Options = StreamOptions
+    Options = ReconstructionOptions
+    options: ReconstructionOptions
 
     @torch.no_grad()
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
-        sums = _Sums(by_context=ContextSums(inputs))
+        ks, skipped = _test_time_ks(sae, self.options.ks or [])
+        sums = _Sums(by_context=ContextSums(inputs), ks=ks)
         for x_in, values, indices in encoded_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens):
             x_hat = sae.decode_sparse(values, indices).to(torch.float64)
-            sums.add(x_in.to(device=x_hat.device, dtype=torch.float64), x_hat)
+            x = x_in.to(device=x_hat.device, dtype=torch.float64)
+            sums.add(x, x_hat, _sse_at_ks(sae, x_in, x, ks))
         result = sums.result(sae.cfg.d_in)
+        if self.options.ks:
+            for k in self.options.ks:
+                result.metrics.setdefault(f"fvu_at_k{k}", None)
+            result.details["k"] = sae.cfg.k if sae.topk_per_token else None
+            result.details["ks_skipped"] = {str(k): why for k, why in skipped.items()}
         if sums.by_context.active and sums.n:
             result.units = self._units(sae, inputs, sums)
         return result
@@ -85,7 +123,34 @@ class ReconstructionScorer(saebench.Scorer):
             tss.add(x.shape[0], tss=(x.to(device=mean.device, dtype=torch.float64) - mean).square().sum(dim=1))
         d = sae.cfg.d_in
         estimators = {**ESTIMATORS, "mse": Ratio(num={"sse": 1.0}, den={"tokens": float(d)})}
+        for k in sums.ks:
+            estimators[f"fvu_at_k{k}"] = Ratio(num={f"sse_k{k}": 1.0}, den={"tss": 1.0})
         return sums.by_context.units(estimators, weight="tokens", tss=tss.sums["tss"])
+
+
+def _test_time_ks(sae: saebench.SAE, ks: list[int]) -> tuple[list[int], dict[int, str]]:
+    """The ks this SAE can encode with, and why the others are skipped."""
+    if not ks:
+        return [], {}
+    if not sae.topk_per_token or sae.cfg.k is None:
+        why = f"a {sae.arch} SAE has no per-token top-k to change at test time (ks is for TopK SAEs)"
+        return [], dict.fromkeys(ks, why)
+    d_sae = sae.cfg.d_sae
+    return [k for k in ks if k <= d_sae], {k: f"k={k} is larger than d_sae={d_sae}" for k in ks if k > d_sae}
+
+
+def _sse_at_ks(sae: saebench.SAE, x_in: Tensor, x: Tensor, ks: list[int]) -> dict[int, Tensor]:
+    """Per-token ‖x − x̂_K‖² [n] (float64) for each K, x̂_K decoded from the SAE's top-K encoding of ``x_in``.
+
+    One encoder pass at the largest K with each row in decreasing order: its first K columns are the top K."""
+    if not ks:
+        return {}
+    values, indices = kernel.encode_topk(sae, x_in.to(sae.W_enc.device), max(ks), sorted=True)
+    out = {}
+    for k in ks:
+        x_hat = sae.decode_sparse(values[:, :k].contiguous(), indices[:, :k].contiguous()).to(torch.float64)
+        out[k] = (x - x_hat).square().sum(dim=1)
+    return out
 
 
 @dataclass
@@ -105,9 +170,14 @@ class _Sums:
     ratio_sum: float = 0.0  # Σ ‖x̂‖ / ‖x‖ over the tokens where ‖x‖ > 0
     ratio_n: int = 0
     by_context: ContextSums | None = None  # the same sums per context, for the bootstrap
+    ks: list[int] = field(default_factory=list)  # test-time top-K encodings (option ks)
+    sse_k: dict[int, float] = field(default_factory=dict)  # Σ ‖x − x̂_K‖² per K
 
-    def add(self, x: Tensor, x_hat: Tensor) -> None:
-        """Add one batch: x and x̂ [n, d], float64 on the same device."""
+    def add(self, x: Tensor, x_hat: Tensor, sse_k: dict[int, Tensor] | None = None) -> None:
+        """Add one batch: x and x̂ [n, d], float64 on the same device; ``sse_k`` per-token ‖x − x̂_K‖² per K."""
+        sse_k = sse_k or {}
+        for k, v in sse_k.items():
+            self.sse_k[k] = self.sse_k.get(k, 0.0) + float(v.sum())
         if self.shift is None:
             self.shift = x.mean(dim=0)
             self.sum_dx = torch.zeros_like(self.shift)
@@ -142,6 +212,7 @@ class _Sums:
                 cos_n=ok,
                 ratio_sum=l2,
                 ratio_n=has_x,
+                **{f"sse_k{k}": v for k, v in sse_k.items()},
             )
 
     def result(self, d: int) -> saebench.ScoreResult:
@@ -160,6 +231,7 @@ class _Sums:
             "l2_ratio": ratio(self.ratio_sum, self.ratio_n),
             "relative_reconstruction_bias": ratio(self.sum_xhat_sq, self.sum_dot),
             "tokens": n,
+            **{f"fvu_at_k{k}": ratio(self.sse_k.get(k, 0.0), total_ss) for k in self.ks},
         }
         mean_sq_norm = self.sum_x_sq / n
         sb06 = ratio(self.sse / n, mean_sq_norm - (mean_sq_norm / d) ** 2)

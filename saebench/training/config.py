@@ -30,6 +30,20 @@ from saebench.errors import PluginError, validation_error
 from saebench.sae import SAE
 
 
+class MultiTopK(BaseModel):
+    """Gao et al. 2024 (arXiv:2406.04093), section 5.3 "Progressive recovery": Multi-TopK trains a TopK SAE on
+    L(k) + L(4k)/8, i.e. its own reconstruction loss plus ``weight`` times the loss of the same SAE
+    encoding with top-(``multiplier``·k), so that it also works when more latents are kept at test time.
+
+    ``multi_topk: true`` in a ``train:`` block is the paper's ``{multiplier: 4, weight: 0.125}``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    multiplier: int = Field(4, ge=2, description="the second term encodes with top-(multiplier·k) latents")
+    weight: PositiveFloat = Field(0.125, description="coefficient of the second term (Gao et al.: 1/8)")
+
+
 class TrainConfig(BaseModel):
     """How to train one SAE. Coefficients are in normalised units (see the module docstring)."""
 
@@ -48,6 +62,10 @@ class TrainConfig(BaseModel):
     initial_threshold: PositiveFloat = Field(0.001, description="JumpReLU: θ at initialisation")
     aux_k: PositiveInt | None = Field(None, description="TopK: dead latents used by AuxK; default min(d_in, d_sae)/2")
     aux_coefficient: NonNegativeFloat = Field(1 / 32, description="TopK: AuxK weight α (Gao et al.)")
+    multi_topk: MultiTopK | None = Field(
+        None,
+        description="TopK: add weight·L(multiplier·k) to the loss (Gao et al.'s Multi-TopK); true = {multiplier: 4, weight: 0.125}",
+    )
     dead_tokens: PositiveInt | None = Field(
         None, description="a latent is dead after this many tokens without firing; default min(10M, tokens/10)"
     )
@@ -70,6 +88,18 @@ class TrainConfig(BaseModel):
             raise ValueError(f"architecture {arch!r} cannot be trained by saebench (it has no training_forward)")
         return arch
 
+    @field_validator("multi_topk", mode="before")
+    @classmethod
+    def _multi_topk_shorthand(cls, v: Any) -> Any:
+        """``true`` is the paper's setting, ``false`` (or nothing) turns it off; a mapping sets the two numbers."""
+        if v is True:
+            return MultiTopK()
+        if v is False:
+            return None
+        if v is not None and not isinstance(v, (Mapping, MultiTopK)):
+            raise ValueError(f"multi_topk is true, false or a mapping {{multiplier, weight}}, got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _defaults(self) -> TrainConfig:
         topk_style = getattr(plugin_manager.get("architecture", self.arch), "topk_per_token", False)
@@ -77,6 +107,14 @@ class TrainConfig(BaseModel):
             raise ValueError(f"a {self.arch} SAE needs k (latents kept per token)")
         if self.k is not None and self.k > self.d_sae:
             raise ValueError(f"k={self.k} is larger than d_sae={self.d_sae}")
+        if self.multi_topk is not None:
+            if not topk_style or self.k is None:
+                raise ValueError(f"multi_topk is for TopK SAEs (a per-token k); {self.arch} has none")
+            if self.multi_topk_k > self.d_sae:
+                raise ValueError(
+                    f"multi_topk: multiplier·k = {self.multi_topk.multiplier}·{self.k} = {self.multi_topk_k} "
+                    f"is larger than d_sae={self.d_sae}"
+                )
         if self.aux_k is not None and self.aux_k > self.d_sae:
             raise ValueError(f"aux_k={self.aux_k} is larger than d_sae={self.d_sae}")
         if self.dead_tokens is None:
@@ -90,6 +128,11 @@ class TrainConfig(BaseModel):
     @property
     def steps(self) -> int:
         return -(-self.tokens // self.batch_size)
+
+    @property
+    def multi_topk_k(self) -> int:
+        """The k of Multi-TopK's second term (multiplier·k), 0 when ``multi_topk`` is off."""
+        return self.multi_topk.multiplier * self.k if self.multi_topk is not None and self.k is not None else 0
 
     def aux_k_for(self, d_in: int) -> int:
         """``aux_k``, or its default: d_in/2 (Gao et al.'s heuristic, as sparsify and SAELens use it), at most d_sae/2."""
