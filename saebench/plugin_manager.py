@@ -47,6 +47,7 @@ DEFAULT_PLUGINS = tuple(
         "scorers.sparsity",
         "scorers.reconstruction",
         "scorers.downstream",
+        "scorers.ablation_sparsity",
         "llm_clients.openai",
         "llm_clients.anthropic",
         "llm_clients.local",

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from saebench import plugin_manager
 from saebench.errors import ConfigError, PluginError, validation_error
 from saebench.interp.records import RecordConfig
+from saebench.run.sweep import expand_sweeps, in_sweep
 from saebench.training import TrainConfig
 
 
@@ -236,11 +237,18 @@ def parse_matrix(raw: Any, where: str | Path) -> Matrix:
     """A checked Matrix from parsed YAML (or a dict built in code); ``where`` names it in errors."""
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(raw).__name__}", where)
+    origin: list[tuple[int, str | None]] = []
+    if isinstance(raw.get("saes"), list):
+        saes, origin = expand_sweeps(raw["saes"], where)
+        raw = {**raw, "saes": saes}
     try:
-        matrix = Matrix.model_validate(raw)  # not Matrix(**raw): YAML keys need not be strings
-    except ValidationError as exc:
-        raise validation_error(exc, where) from None
-    check_matrix(matrix, where)
+        try:
+            matrix = Matrix.model_validate(raw)  # not Matrix(**raw): YAML keys need not be strings
+        except ValidationError as exc:
+            raise validation_error(exc, where) from None
+        check_matrix(matrix, where)
+    except ConfigError as exc:
+        raise in_sweep(exc, origin) from None
     return matrix
 
 

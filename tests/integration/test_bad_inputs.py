@@ -233,6 +233,12 @@ CASES = [
         {"name": "t", "model": "tiny", "hookpoint": "layers.1", "train": {"arch": "gated", "d_sae": 64, "tokens": 1024}})),
          (M + "saes[1].train.arch", "gated")),
     # -- references, files and data ----------------------------------------------------------------
+    Case("sweep-key-unknown", edit(lambda m: m["saes"].append(
+        {"name": "t{d_sea}", "model": "tiny", "hookpoint": "layers.1", "train": {"arch": "relu", "d_sae": 64, "tokens": 1024},
+         "sweep": {"d_sea": [32, 64]}})), (M + "saes[1].sweep.d_sea", "not a training setting")),
+    Case("sweep-grid-empty", edit(lambda m: m["saes"].append(
+        {"name": "t", "model": "tiny", "hookpoint": "layers.1", "train": {"arch": "relu", "d_sae": 64, "tokens": 1024},
+         "sweep": {}})), (M + "saes[1].sweep", "non-empty")),
     Case("sae-model-unknown", edit(lambda m: m["saes"][0].update(model="big")), (M + "saes[0].model", "big")),
     Case("hookpoint-undeclared", edit(lambda m: m["saes"][0].update(hookpoint="layers.0")),
          (M + "saes[0].hookpoint", "layers.0")),

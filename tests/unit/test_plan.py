@@ -13,6 +13,7 @@ from saebench.run.execute import describe
 from saebench.run.matrix import Matrix
 from saebench.run.plan import make_plan
 from saebench.run.stages import Work
+from saebench.run.sweep import expand_sweeps
 
 MATRIX = {
     "name": "golden",
@@ -217,7 +218,8 @@ def test_every_example_matrix_is_valid():
     examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
     assert len(examples) >= 4
     for path in examples:  # the schema (checkpoints named there exist only after the quickstart)
-        m = Matrix.model_validate(yaml.safe_load(path.read_text()))
+        raw = yaml.safe_load(path.read_text())
+        m = Matrix.model_validate({**raw, "saes": expand_sweeps(raw["saes"], path)[0]})
         assert m.run_seed == 0, path.name
     seeded = Matrix.model_validate(yaml.safe_load((examples[0].parent / "interp_seeds.yaml").read_text()))
     assert seeded.seeds == [0, 1, 2]
