@@ -216,6 +216,13 @@ def _not_compared(output: str, a: str, b: str) -> dict[str, str]:
     return without_interval(StoredUnits.load(output), columns, [r for k, r in zip(keys, rows) if k in pair])
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from saebench.results.fit import render_fit
+
+    print(render_fit(args.output, args.metric, args.x, args.by, args.format, resamples=args.resamples, seed=args.seed))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from saebench.results.report import write_report
 
@@ -305,6 +312,16 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
     _add_bootstrap(p)
     p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
     p.set_defaults(func=_cmd_compare_saes)
+
+    p = sub.add_parser("fit", help="fit scaling laws of a metric in SAE width (Gao et al. 2024), with bootstrap CIs")
+    p.add_argument("output", help="the matrix's output folder")
+    p.add_argument("--metric", required=True, metavar="COLUMN", help="e.g. reconstruction.fvu")
+    p.add_argument("--x", default="d_sae", help="the SAE config field on the x axis (default d_sae)")
+    p.add_argument("--by", help="a config field to group by (e.g. k); with 2 groups or more, also the joint law")
+    p.add_argument("--format", default="markdown", choices=["csv", "json", "markdown"])
+    p.add_argument("--resamples", type=_positive, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
+    p.set_defaults(func=_cmd_fit)
 
 
 def _add_bootstrap(p: argparse.ArgumentParser) -> None:

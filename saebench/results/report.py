@@ -37,6 +37,7 @@ from saebench.results.intervals import (
 )
 from saebench.results.leaderboard import ID_COLUMNS, leaderboard_rows
 from saebench.results.plots import frontier, headline
+from saebench.results.scaling import scaling_section
 from saebench.run.store import ResultsStore
 from saebench.uncertainty import DEFAULT_RESAMPLES, Interval
 
@@ -56,12 +57,15 @@ def write_report(
         archs = architectures(store.sae_configs(), configs)
         cards = _latent_cards(store, details, latents)
         stored = _stored_cells(details, rows, scorers)
+        scaling = scaling_section(store, resamples)
     name = runs[-1]["matrix"].get("name") if runs else None
     sections = [
         ("leaderboard", "Leaderboard", _leaderboard(columns, rows, cells, noise)),
         ("frontier", "Sparsity–fidelity frontier", frontier(columns, rows, archs, scorers, noise.intervals)),
         ("latents", "Latents", cards),
     ]
+    if scaling is not None:
+        sections.insert(2, ("scaling", "Scaling", scaling))
     repeats = reliability(columns, rows)
     if repeats:
         sections.insert(2, ("seeds", "Across seeds", _reliability(repeats)))
