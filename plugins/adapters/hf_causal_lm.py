@@ -8,7 +8,10 @@ GGUF once (dequantised to fp32, ~30-40 s for Gemma) and caches it as safetensors
 a second.
 
 Hook points: ``layers.{i}`` (output of decoder block i, the residual stream), ``layers.{i}.attn``
-and ``layers.{i}.mlp`` (outputs of the block's self-attention and MLP modules). ``capture`` stops
+and ``layers.{i}.mlp`` (outputs of the block's self-attention and MLP modules), and
+``layers.{i}.mlp.hidden``: the MLP's neurons, the input of its output projection (``down_proj``:
+act_fn(gate_proj(x)) * up_proj(x) for Gemma and Llama), read and replaced with forward pre-hooks; its
+width is the MLP's intermediate size. ``capture`` stops
 the forward right after the deepest requested hook point, so later blocks and the LM head are
 never computed.
 """
@@ -47,6 +50,9 @@ _BLOCK_PATHS = (
 )
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
+# The MLP's output projection, whose input is the ``mlp.hidden`` hook point (GPT-2's Conv1D is c_proj).
+_MLP_OUT_NAMES = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "fc_out", "w2")
+HIDDEN = ".mlp.hidden"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 
@@ -214,6 +220,10 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
                 m = next((getattr(block, n) for n in names if isinstance(getattr(block, n, None), nn.Module)), None)
                 if m is not None:
                     modules[f"layers.{i}.{sub}"] = m
+            mlp = modules.get(f"layers.{i}.mlp")
+            out = next((getattr(mlp, n) for n in _MLP_OUT_NAMES if isinstance(getattr(mlp, n, None), nn.Module)), None)
+            if out is not None:
+                modules[f"layers.{i}{HIDDEN}"] = out
         return modules
 
     # -- the ModelAdapter contract ---------------------------------------------------------------
@@ -221,10 +231,15 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
         return list(self._modules)
 
     def d_model(self, hookpoint: str) -> int:
-        self._module(hookpoint)
+        m = self._module(hookpoint)
         cfg = (
             self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         )
+        if hookpoint.endswith(HIDDEN):  # the output projection's input width: nn.Linear, or GPT-2's Conv1D [in, out]
+            if isinstance(m, nn.Linear):
+                return int(m.in_features)
+            weight = getattr(m, "weight", None)
+            return int(weight.shape[0]) if isinstance(weight, Tensor) else int(cfg.intermediate_size)
         return int(cfg.hidden_size)
 
     def tokenize(self, text: str) -> list[int]:
@@ -269,7 +284,7 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
 
             return hook
 
-        handles = [m.register_forward_hook(hook_for(hp)) for hp, m in modules.items()]
+        handles = [_register(m, hp, hook_for(hp)) for hp, m in modules.items()]
         try:
             with torch.inference_mode():
                 self.model(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False)
@@ -302,7 +317,7 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
 
             return hook
 
-        handles = [m.register_forward_hook(hook_for(hp, replace[hp])) for hp, m in modules.items()]
+        handles = [_register(m, hp, hook_for(hp, replace[hp])) for hp, m in modules.items()]
         try:
             with torch.no_grad():  # not inference_mode: the [B, T, V] result is returned without a copy
                 logits = self.model(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False).logits
@@ -319,7 +334,7 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
             n = sum(1 for k in names if k.count(".") == 1)
             raise saebench.ConfigError(
                 f"unknown hook point {hookpoint!r} for {self.model_id}; valid: layers.0 .. "
-                f"layers.{n - 1}, each with .attn and .mlp (e.g. {', '.join(names[:3])})",
+                f"layers.{n - 1}, each with .attn, .mlp and .mlp.hidden (e.g. {', '.join(names[:3])})",
                 where=hookpoint,
             )
         return m
@@ -329,6 +344,19 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
         if tokens.dim() != 2:
             raise saebench.ShapeError(f"tokens must be [batch, seq], got {tuple(tokens.shape)}", where="tokens")
         return tokens.to(self.device, torch.long)
+
+
+def _register(module: nn.Module, hookpoint: str, hook: Callable) -> torch.utils.hooks.RemovableHandle:
+    """A forward hook (module output), or for ``mlp.hidden`` a forward pre-hook: the hook sees the module's
+    input as its output (its return value, when not None, replaces that input)."""
+    if not hookpoint.endswith(HIDDEN):
+        return module.register_forward_hook(hook)
+
+    def pre_hook(mod: nn.Module, args: tuple) -> tuple | None:
+        new = hook(mod, args[1:], args[0])
+        return None if new is None else (new, *args[1:])
+
+    return module.register_forward_pre_hook(pre_hook)
 
 
 @saebench.hookimpl

@@ -15,7 +15,7 @@ from saebench.errors import ConfigError
 from saebench.results.html import split_column
 from saebench.results.intervals import StoredUnits, intervals, without_interval
 from saebench.results.plots import headline
-from saebench.run.plan import split_seed
+from saebench.run.plan import compared_with, split_seed
 from saebench.run.store import ResultsStore
 from saebench.uncertainty import DEFAULT_LEVEL, DEFAULT_RESAMPLES
 
@@ -30,7 +30,7 @@ def leaderboard_rows(output: str | Path) -> tuple[list[str], list[dict]]:
     with ResultsStore.existing(output) as store:
         order = {key: i for i, key in enumerate(store.sae_order())}
         stored = [(c["model"], c["hookpoint"], c["sae"]) for c in store.cells()]
-        metrics = list(store.metrics())
+        metrics = [m for m in store.metrics() if compared_with(m[3]) is None]  # pairs: saebench compare
     keys = sorted(
         dict.fromkeys(stored), key=lambda k: order.get(k, len(order))
     )  # every SAE gets a row, even if all its cells failed

@@ -1,7 +1,7 @@
 """``saebench report OUTPUT``: one self-contained HTML page of a run's results, read from the store alone.
 
 Sections: the leaderboard (sortable), the sparsity–fidelity frontier plots of the metrics each
-scorer declares (saebench.results.plots), per-latent cards with highlighted activating examples,
+scorer declares (saebench.results.plots), scaling fits and SAE-to-SAE similarity heatmaps, per-latent cards with highlighted activating examples,
 the sections plugins contribute (``register_report_sections``: TreeProbe's trees are one), and the
 run's configuration and versions. The page fetches nothing (saebench.results.html).
 
@@ -25,6 +25,7 @@ from typing import Any
 from saebench import plugin_manager
 from saebench.errors import SaebenchError
 from saebench.interp.records import RecordSet
+from saebench.results.heatmaps import similarity_section
 from saebench.results.html import esc, fmt, page, split_column
 from saebench.results.intervals import (
     STABLE_RANK_CORRELATION,
@@ -66,6 +67,9 @@ def write_report(
     ]
     if scaling is not None:
         sections.insert(2, ("scaling", "Scaling", scaling))
+    similarity = similarity_section(output)
+    if similarity is not None:
+        sections.insert(2, ("similarity", "SAE-to-SAE similarity", similarity))
     repeats = reliability(columns, rows)
     if repeats:
         sections.insert(2, ("seeds", "Across seeds", _reliability(repeats)))

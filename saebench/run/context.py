@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from saebench import plugin_manager
+from saebench.compare import Comparison
 from saebench.errors import ConfigError, SaebenchError
 from saebench.files import ArtifactLock
 from saebench.interfaces import ModelAdapter
@@ -27,6 +28,7 @@ from saebench.run.data import make_contexts
 from saebench.run.plan import Cell, Plan, SAEEntry
 from saebench.run.progress import Progress
 from saebench.sae import SAE
+from saebench.training.baselines import BaselineConfig
 
 TRAINED_MARKER = "trained.json"
 T = TypeVar("T")
@@ -55,6 +57,9 @@ class RunContext:
         """The scorer of a cell, or the explainer of an explain cell."""
         if cell.kind == "explain":
             return self.components.explainers[cell.component][1]
+        if cell.kind == "compare":
+            spec = self.plan.matrix.compare
+            return Comparison(spec is not None and "explanations" in spec.metrics)
         return self.components.scorers[cell.component]
 
     def llm(self, cell: Cell) -> Any:
@@ -175,7 +180,7 @@ class RunContext:
 
     # -- SAEs ------------------------------------------------------------------------------------
     def trained(self, entry: SAEEntry) -> bool:
-        """Whether a ``train:`` SAE is saved with the training configuration it has now."""
+        """Whether a ``train:`` (or ``baseline:``) SAE is saved with the configuration it has now."""
         assert entry.folder is not None
         marker = entry.folder / TRAINED_MARKER
         return marker.is_file() and json.loads(marker.read_text()).get("hash") == entry.train_hash
@@ -207,6 +212,10 @@ class RunContext:
 
     def d_sae(self, sae: str) -> int:
         entry = self.plan.saes[sae]
+        if entry.spec.baseline is not None:
+            return BaselineConfig.from_mapping(entry.spec.baseline, self.where("saes")).d_sae_for(
+                self.hook_width(entry)
+            )
         if entry.spec.path is None:
             return int(entry.spec.train["d_sae"])
         return (self.loaded[sae] if sae in self.loaded else self.load_sae(sae)).cfg.d_sae

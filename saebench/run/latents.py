@@ -40,7 +40,10 @@ def record_sae(out: Results, ctx: RunContext, name: str, sae: SAE) -> None:
     """Store the SAE's resolved configuration (what the report shows of it), as it was loaded."""
     entry = ctx.plan.saes[name]
     spec = entry.spec
-    out.write_sae(spec.model, spec.hookpoint, entry.stored_as, sae.cfg.model_dump(mode="json", exclude={"metadata"}))
+    config = sae.cfg.model_dump(mode="json", exclude={"metadata"})
+    if spec.baseline is not None:  # what the leaderboard and fits tell baselines by
+        config["baseline"] = sae.cfg.metadata.get("baseline", spec.baseline)
+    out.write_sae(spec.model, spec.hookpoint, entry.stored_as, config)
 
 
 def records_path(ctx: RunContext, sae: str, part: Sequence[int] | None = None) -> Path:

@@ -7,7 +7,7 @@ from contextlib import closing
 
 from saebench.run import latents, stages
 from saebench.run.context import RunContext
-from saebench.run.plan import LATENT_KINDS, Stage, versions
+from saebench.run.plan import CELL_KINDS, LATENT_KINDS, Stage, versions
 from saebench.run.progress import Bar
 from saebench.run.recorder import Recorder, RunReport
 from saebench.run.stages import Work
@@ -54,4 +54,4 @@ class LocalExecutor:
         elif stage.kind == "latents":
             latents.latents(ctx, out, run_id, stage.key, work.cells(stage.key, LATENT_KINDS))
         else:
-            stages.cells(ctx, out, run_id, stage.key, work.cells(stage.key, ("intrinsic", "probe")), bar)
+            stages.cells(ctx, out, run_id, stage.key, work.cells(stage.key, CELL_KINDS), bar)

@@ -18,6 +18,7 @@ from saebench.errors import ConfigError, PluginError, validation_error
 from saebench.interp.records import RecordConfig
 from saebench.run.sweep import expand_sweeps, in_sweep
 from saebench.training import TrainConfig
+from saebench.training.baselines import BaselineConfig
 
 
 class DataSpec(BaseModel):
@@ -45,7 +46,8 @@ class ModelSpec(BaseModel):
 
 
 class SAESpec(BaseModel):
-    """An SAE to evaluate: a checkpoint (``path``, any loader format) or one to train (``train``)."""
+    """An SAE to evaluate: a checkpoint (``path``, any loader format), one to train (``train``) or a baseline
+    to build (``baseline``, see saebench.training.baselines)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -56,11 +58,14 @@ class SAESpec(BaseModel):
     format: str = "auto"
     allow_pickle: bool = False
     train: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> SAESpec:
-        if (self.path is None) == (self.train is None):
-            raise ValueError("give exactly one of 'path' (a checkpoint) or 'train' (a training config)")
+        if sum(x is not None for x in (self.path, self.train, self.baseline)) != 1:
+            raise ValueError(
+                "give exactly one of 'path' (a checkpoint), 'train' (a training config) or 'baseline' (a baseline)"
+            )
         return self
 
 
@@ -78,6 +83,29 @@ class ExplainerSpec(BaseModel):
     name: str
     llm: str | None = Field(None, description="key of ``llms`` (default: see resolve_llm)")
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+COMPARISONS = ("decoder", "activations", "explanations")
+
+
+class CompareSpec(BaseModel):
+    """SAE-to-SAE comparison cells (saebench.compare.similarity): ``compare: true``, a list of comparisons, or this."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: list[Literal[COMPARISONS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(COMPARISONS), min_length=1, description="decoder, activations, explanations"
+    )
+    across_hookpoints: bool = Field(False, description="also pair SAEs of one model at different hook points")
+    latents: PositiveInt = Field(64, description="explanation_similarity: A's latents explained, with their matches")
+    embedding_model: str = Field("embedded:all-minilm-l6-v2", description="embeds explanations (sentence-transformers)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        if isinstance(data, list):
+            return {"metrics": data}
+        return {} if data is True else data
 
 
 class LLMSpec(BaseModel):
@@ -154,6 +182,12 @@ class Matrix(BaseModel):
         default_factory=dict, description="which latents and examples (saebench.interp.records.RecordConfig)"
     )
     executor: str | dict[str, Any] = Field("local", description="local, or {ray: {address: auto}} (see RaySpec)")
+    compare: CompareSpec | None = Field(None, description="pairwise SAE-to-SAE cells (see CompareSpec)")
+
+    @field_validator("compare", mode="before")
+    @classmethod
+    def _no_compare(cls, v: Any) -> Any:
+        return None if v is False else v
 
     @property
     def ray(self) -> RaySpec | None:
@@ -297,7 +331,10 @@ def _plugin(kind: str, name: str, path: str | Path, where: str) -> None:
 
 
 def _check_source(sae: SAESpec, path: str | Path, where: str) -> None:
-    """A checkpoint that exists in a known format, or a training block that validates."""
+    """A checkpoint that exists in a known format, a training block or a baseline block that validates."""
+    if sae.baseline is not None:
+        BaselineConfig.from_mapping(sae.baseline, f"{path}: {where}.baseline", sae.hookpoint)
+        return
     if sae.path is not None:
         try:
             exists = Path(sae.path).exists()
@@ -337,7 +374,8 @@ def check_interp(m: Matrix, path: str | Path) -> None:
         elif s.llm is not None:
             raise ConfigError(f"scorer {s.name!r} does not use an LLM", f"{path}: scorers[{i}].llm")
     naming = [s for s in m.scorers if getattr(registry.get("scorer", s.name), "uses_explanations", False)]
-    if m.explainers and not interp and not naming:
+    explained = m.compare is not None and "explanations" in m.compare.metrics
+    if m.explainers and not interp and not naming and not explained:
         raise ConfigError(
             "explainers are set but no scorer uses them "
             "(add e.g. detection, fuzzing, embedding or treeprobe to scorers)",

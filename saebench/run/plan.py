@@ -32,15 +32,28 @@ from saebench.run.components import Components
 from saebench.run.matrix import Matrix, ModelSpec, SAESpec
 from saebench.run.store import CellKey
 
-CellKind = Literal["intrinsic", "probe", "explain", "interp"]
+CellKind = Literal["intrinsic", "probe", "explain", "interp", "compare"]
 StageKind = Literal["activations", "train", "records", "latents", "cells"]
 #: the stage kinds, in the order every executor runs them
 STAGE_KINDS: tuple[StageKind, ...] = ("activations", "train", "records", "latents", "cells")
 LATENT_KINDS = ("explain", "interp")
+#: the cell kinds of the ``cells`` stage; a compare cell (SAE A against B) is one of A's
+CELL_KINDS = ("intrinsic", "probe", "compare")
+COMPARE_VERSION = "1"
 #: the cell kinds a matrix's ``seeds`` repeat: what depends on a seed (latent sample, example and judge
 #: sampling, probe splits); intrinsic cells are deterministic given the evaluation tokens
 SEEDED_KINDS = ("probe", "explain", "interp")
 _SEED_LABEL = re.compile(r"(.*)@s(-?\d+)")
+
+
+def compare_label(other: str) -> str:
+    """The scorer label of a compare cell against SAE ``other``: ``compare[other]``."""
+    return f"compare[{other}]"
+
+
+def compared_with(label: str) -> str | None:
+    """The other SAE of a compare cell's label; None for any other cell."""
+    return label[len("compare[") : -1] if label.startswith("compare[") and label.endswith("]") else None
 
 
 def seed_label(label: str, seed: int) -> str:
@@ -93,12 +106,12 @@ class SAEEntry:
 
     index: int  # position in the matrix's ``saes``, for error locations
     spec: SAESpec
-    identity: dict[str, Any]  # the cells' "sae": path, format and fingerprint; or train and train_hash
+    identity: dict[str, Any]  # the cells' "sae": path, format and fingerprint; or train (or baseline) and train_hash
     eval_cache: Path
     record_config: RecordConfig
     seed: int
     train_hash: str | None = None
-    folder: Path | None = None  # where a trained SAE is saved
+    folder: Path | None = None  # where a trained (or built baseline) SAE is saved
     train_cache: Path | None = None
     #: a repeat of another entry's seeded cells with another seed (NAME@sSEED): same SAE, never trained twice
     replica_of: str | None = None
@@ -127,6 +140,7 @@ class Cell:
     config_hash: str
     explainer: str | None = None  # explain and interp cells: the explainer whose explanations they hold or score
     llm: str | None = None  # the ``llms`` key of the client it calls
+    other: str | None = None  # compare cells: the plan name of SAE B
 
     def row(self, run_id: int, seconds: float, **outcome: Any) -> dict[str, Any]:
         """What ``Results.write_cell`` stores for this cell: its hash and configuration, with ``metrics``
@@ -229,6 +243,13 @@ def make_plan(matrix: Matrix, source: str, components: Components) -> Plan:
         if spec.path is not None:
             identity = {"path": spec.path, "format": spec.format, "fingerprint": fingerprint(spec.path)}
             entry = SAEEntry(index, spec, identity, eval_cache, records, seeds[0])
+        elif spec.baseline is not None:  # built in the train stage (PCA from the evaluation cache)
+            build_hash = config_hash(
+                {"model": model, "hookpoint": spec.hookpoint, "data": data, "baseline": spec.baseline, "seed": seeds[0]}
+            )
+            identity = {"baseline": spec.baseline, "train_hash": build_hash}
+            folder = output / "saes" / spec.name
+            entry = SAEEntry(index, spec, identity, eval_cache, records, seeds[0], build_hash, folder)
         else:
             train_hash = config_hash(
                 {"model": model, "hookpoint": spec.hookpoint, "data": data, "train": spec.train, "seed": seeds[0]}
@@ -257,8 +278,35 @@ def make_plan(matrix: Matrix, source: str, components: Components) -> Plan:
             )
             plan.saes[name] = replica
             plan.cells += [c for c in _cells(plan, replica, model, components) if c.kind in SEEDED_KINDS]
+    if matrix.compare is not None:
+        plan.cells += _compare_cells(plan, components)
     plan.stages = _stages(plan)
     return plan
+
+
+def _compare_cells(plan: Plan, components: Components) -> list[Cell]:
+    """One cell per ordered pair (A, B) of the same model (and hook point, unless ``across_hookpoints``),
+    A's cell; repeats of seeds are the same SAEs, so they are not paired."""
+    spec = plan.matrix.compare
+    assert spec is not None
+    entries = [e for e in plan.saes.values() if e.replica_of is None]
+    cells = []
+    for a in entries:
+        for b in entries:
+            same_place = a.spec.model == b.spec.model and (
+                spec.across_hookpoints or a.spec.hookpoint == b.spec.hookpoint
+            )
+            if a is b or not same_place:
+                continue
+            config = {"model": plan.model_desc(a.spec.model), "hookpoint": a.spec.hookpoint,
+                      "data": plan.matrix.data.model_dump(), "sae": a.identity, "seed": a.seed,
+                      "saebench": saebench.__version__, "compare": spec.model_dump(), "compare_version": COMPARE_VERSION,
+                      "other": {"sae": b.identity, "hookpoint": b.spec.hookpoint}}  # fmt: skip
+            if "explanations" in spec.metrics:
+                config["rules"] = components.rule_config()
+            key = CellKey(a.spec.model, a.spec.hookpoint, a.stored_as, compare_label(b.name))
+            cells.append(Cell(key, a.name, "compare", "compare", -1, config, config_hash(config), other=b.name))
+    return cells
 
 
 def _seeded(config: RecordConfig, seeds: list[int] | None, seed: int) -> RecordConfig:
@@ -324,6 +372,11 @@ def _stages(plan: Plan) -> list[Stage]:
             stages.append(Stage("records", e.name, before))
             stages.append(Stage("latents", e.name, (("records", e.name),)))
             before = (("latents", e.name),)
-        if plan.cells_of(e.name, ("intrinsic", "probe")):
-            stages.append(Stage("cells", e.name, before))
+        if plan.cells_of(e.name, CELL_KINDS):
+            # a compare cell reads the other SAE: after it is trained or built
+            for c in plan.cells_of(e.name, ("compare",)):
+                other = plan.saes[str(c.other)]
+                if other.folder:
+                    before += (("train", other.name),)
+            stages.append(Stage("cells", e.name, tuple(dict.fromkeys(before))))
     return stages

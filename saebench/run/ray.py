@@ -47,7 +47,7 @@ from saebench.run import latents, stages
 from saebench.run.components import build_components
 from saebench.run.context import RunContext
 from saebench.run.matrix import Matrix, RaySpec
-from saebench.run.plan import LATENT_KINDS, Cell, make_plan, versions
+from saebench.run.plan import CELL_KINDS, LATENT_KINDS, Cell, make_plan, versions
 from saebench.run.progress import Progress
 from saebench.run.recorder import BufferStore, Recorder, RunReport
 from saebench.run.stages import Work
@@ -244,7 +244,7 @@ class RayExecutor:
 
     def cells(self, run_id: int, saes: list[str]) -> None:
         """The intrinsic and probe cells: a task per SAE."""
-        groups = {sae: self.work.cells(sae, ("intrinsic", "probe")) for sae in saes}
+        groups = {sae: self.work.cells(sae, CELL_KINDS) for sae in saes}
         refs = {}
         for sae, group in ((s, g) for s, g in groups.items() if g):
             rules = [

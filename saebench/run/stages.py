@@ -21,16 +21,19 @@ from torch import Tensor
 
 from saebench.errors import ConfigError, SaebenchError, one_line
 from saebench.files import write_atomic
-from saebench.interfaces import EvalInputs
+from saebench.interfaces import EvalInputs, ScoreResult
 from saebench.loading import save_sae
 from saebench.run.activations import ActivationCache, build_caches, cache_key
+from saebench.run.compare import compare_cell
 from saebench.run.context import TRAINED_MARKER, RunContext, memory_bytes
 from saebench.run.latents import explain_latents, record_sae
-from saebench.run.plan import LATENT_KINDS, Cell, Stage
+from saebench.run.plan import CELL_KINDS, LATENT_KINDS, Cell, SAEEntry, Stage
 from saebench.run.progress import NO_BAR, Bar
 from saebench.run.recorder import Results
 from saebench.run.store import CellKey, ResultsStore
+from saebench.sae import SAE
 from saebench.training import TrainConfig, train_sae
+from saebench.training.baselines import BaselineConfig, build_baseline
 
 
 @dataclass
@@ -69,7 +72,7 @@ class Work:
             return stage.key in self.untrained
         if stage.kind in ("records", "latents"):
             return bool(self.cells(stage.key, LATENT_KINDS))
-        return bool(self.cells(stage.key, ("intrinsic", "probe")))
+        return bool(self.cells(stage.key, CELL_KINDS))
 
     def stages(self, ctx: RunContext) -> list[Stage]:
         """The plan's stages that have work, in the plan's order."""
@@ -134,6 +137,9 @@ def check(ctx: RunContext, work: Work) -> None:
     for name in work.untrained:
         # weights, gradients and two Adam moments of W_enc and W_dec: refuse what cannot fit, before any work
         entry = plan.saes[name]
+        if entry.spec.baseline is not None:
+            _check_baseline(ctx, entry)
+            continue
         d_sae = int(entry.spec.train.get("d_sae", 0))
         width = ctx.hook_width(entry)
         need, have = 2 * width * d_sae * 4 * 4, memory_bytes()
@@ -153,10 +159,20 @@ def check(ctx: RunContext, work: Work) -> None:
             )
 
 
+def _check_baseline(ctx: RunContext, entry: SAEEntry) -> None:
+    where = ctx.where(f"saes[{entry.index}].baseline")
+    BaselineConfig.from_mapping(entry.spec.baseline, where, entry.spec.hookpoint).check_width(
+        ctx.hook_width(entry), where
+    )
+
+
 def activations(ctx: RunContext, model: str, work: Work) -> None:
     """Fill the model's missing eval and train caches: one forward pass per token set fills every hook point."""
     plan = ctx.plan
-    hooks = sorted({c.key.hookpoint for c in work.pending if c.key.model == model})
+    hooks = sorted(
+        {c.key.hookpoint for c in work.pending if c.key.model == model}
+        | {plan.saes[n].spec.hookpoint for n in work.untrained if _fits_on_eval(plan.saes[n], model)}
+    )
     missing = {h: plan.eval_cache(model, h) for h in hooks if not ActivationCache.exists(plan.eval_cache(model, h))}
     by_tokens: dict[int, dict[str, Path]] = {}  # each SAE trains on its own token count
     for name in work.untrained:
@@ -172,6 +188,11 @@ def activations(ctx: RunContext, model: str, work: Work) -> None:
     for tokens, folders in by_tokens.items():
         contexts = lambda t=tokens: ctx.model_contexts(model, n_eval + math.ceil(t / T))[n_eval:]  # noqa: E731
         _fill(ctx, model, contexts, folders, "train", tokens)
+
+
+def _fits_on_eval(entry: SAEEntry, model: str) -> bool:
+    """A baseline of ``model`` fit on its hook point's evaluation activations (PCA)."""
+    return entry.spec.model == model and (entry.spec.baseline or {}).get("kind") == "pca"
 
 
 def _fill(
@@ -206,7 +227,11 @@ def train(ctx: RunContext, name: str, *, wait: bool = True) -> bool:
     elif not lock.try_acquire():
         return False
     try:
-        if not ctx.trained(entry):  # not trained by another run while this one waited
+        if ctx.trained(entry):  # trained (or built) by another run while this one waited
+            pass
+        elif entry.spec.baseline is not None:
+            _build_baseline(ctx, name)
+        else:
             _train(ctx, name)
     finally:
         lock.release()
@@ -229,19 +254,42 @@ def _train(ctx: RunContext, name: str) -> None:
             model_name=ctx.plan.models[spec.model].path,
             progress=bar.training,
         )
-    (entry.folder / TRAINED_MARKER).unlink(missing_ok=True)
     trained.cfg.metadata["training"] = json.loads(stats.model_dump_json())
-    save_sae(trained, entry.folder)
+    _save(entry, trained, start)
+
+
+def _build_baseline(ctx: RunContext, name: str) -> None:
+    """Build a ``baseline:`` SAE (PCA reads the evaluation cache) and save it like a trained one."""
+    entry = ctx.plan.saes[name]
+    spec = entry.spec
+    assert entry.folder is not None
+    cfg = BaselineConfig.from_mapping(spec.baseline, ctx.where(f"saes[{entry.index}].baseline"), spec.hookpoint)
+    start = time.perf_counter()
+    with ctx.progress.status(f"build baseline {name} ({cfg.kind})"):
+        sae = build_baseline(
+            cfg,
+            ctx.hook_width(entry),
+            lambda: ctx.eval_cache(name).batches(4096),
+            ctx.seed,
+            hook_name=spec.hookpoint,
+            model_name=ctx.plan.models[spec.model].path,
+        )
+    _save(entry, sae, start)
+
+
+def _save(entry: SAEEntry, sae: SAE, start: float) -> None:
+    assert entry.folder is not None
+    (entry.folder / TRAINED_MARKER).unlink(missing_ok=True)
+    save_sae(sae, entry.folder)
     marker = {"hash": entry.train_hash, "seconds": time.perf_counter() - start}
     write_atomic(entry.folder / TRAINED_MARKER, json.dumps(marker))
 
 
 def cells(ctx: RunContext, out: Results, run_id: int, name: str, cells: list[Cell], bar: Bar = NO_BAR) -> None:
-    """The intrinsic and probe cells of one SAE (after its latents stage, whose explanations rules reuse).
+    """The intrinsic, probe and compare cells of one SAE (after its latents stage, whose explanations rules reuse).
 
     A cell that raises is stored with its error and the others still run; bad input (a SaebenchError,
     a probe task's file, say) stops the run with exit 2, after what is stored."""
-    entry = ctx.plan.saes[name]
     cache = ctx.eval_cache(name)
     sae = ctx.sae(name)
     record_sae(out, ctx, name, sae)
@@ -249,26 +297,34 @@ def cells(ctx: RunContext, out: Results, run_id: int, name: str, cells: list[Cel
     for cell in cells:
         start = time.perf_counter()
         bar.set_description(f"cells: {cell.key.sae} × {cell.key.scorer}")
-        scorer = ctx.component(cell)
         try:
-            inputs = EvalInputs(
-                hookpoint=cell.key.hookpoint,
-                activations=cache.batches,
-                tokens=tokens,
-                seed=entry.seed,
-                adapter=ctx.adapter(entry.spec.model) if scorer.needs_model else None,
-                probe_data=partial(ctx.probe_data, entry.spec.model, entry.spec.hookpoint, seed=entry.seed)
-                if cell.kind == "probe"
-                else None,
-                explain=partial(explain_latents, ctx, out, name, sae, cache) if scorer.uses_explanations else None,
-                token_contexts=ctx.token_contexts(name),
-            )
-            result = scorer.score(sae, inputs)
+            if cell.kind == "compare":
+                metrics, details, units = compare_cell(ctx, out, cell, sae)
+            else:
+                result = _score(ctx, out, cell, sae, cache, tokens)
+                metrics, details, units = result.metrics, result.details, result.units
         except (KeyboardInterrupt, SaebenchError):
             raise
         except Exception as exc:  # one cell's failure is recorded; the others still run
             out.write_cell(cell.key, **cell.row(run_id, time.perf_counter() - start, error=one_line(exc)))
         else:
-            seconds = time.perf_counter() - start
-            row = cell.row(run_id, seconds, metrics=result.metrics, details=result.details, units=result.units)
+            row = cell.row(run_id, time.perf_counter() - start, metrics=metrics, details=details, units=units)
             out.write_cell(cell.key, **row)
+
+
+def _score(ctx: RunContext, out: Results, cell: Cell, sae: SAE, cache: ActivationCache, tokens: Tensor) -> ScoreResult:
+    entry = ctx.plan.saes[cell.sae]
+    scorer = ctx.component(cell)
+    inputs = EvalInputs(
+        hookpoint=cell.key.hookpoint,
+        activations=cache.batches,
+        tokens=tokens,
+        seed=entry.seed,
+        adapter=ctx.adapter(entry.spec.model) if scorer.needs_model else None,
+        probe_data=partial(ctx.probe_data, entry.spec.model, entry.spec.hookpoint, seed=entry.seed)
+        if cell.kind == "probe"
+        else None,
+        explain=partial(explain_latents, ctx, out, cell.sae, sae, cache) if scorer.uses_explanations else None,
+        token_contexts=ctx.token_contexts(cell.sae),
+    )
+    return scorer.score(sae, inputs)

@@ -239,6 +239,11 @@ CASES = [
     Case("sweep-grid-empty", edit(lambda m: m["saes"].append(
         {"name": "t", "model": "tiny", "hookpoint": "layers.1", "train": {"arch": "relu", "d_sae": 64, "tokens": 1024},
          "sweep": {}})), (M + "saes[1].sweep", "non-empty")),
+    Case("compare-metric-unknown", edit(lambda m: m.update(compare=["decoder", "weights"])),
+         (M + "compare.metrics[1]", "should be 'decoder'")),
+    Case("baseline-kind-unknown", edit(lambda m: m["saes"].append(
+        {"name": "b", "model": "tiny", "hookpoint": "layers.1", "baseline": {"kind": "lasso", "k": 4}})),
+         (M + "saes[1].baseline", "lasso")),
     Case("sae-model-unknown", edit(lambda m: m["saes"][0].update(model="big")), (M + "saes[0].model", "big")),
     Case("hookpoint-undeclared", edit(lambda m: m["saes"][0].update(hookpoint="layers.0")),
          (M + "saes[0].hookpoint", "layers.0")),

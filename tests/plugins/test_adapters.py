@@ -55,8 +55,11 @@ def test_registered_as_a_model_adapter():
 def test_hookpoints_are_found_generically(which, request):
     adapter = request.getfixturevalue(which)
     hps = adapter.hookpoints()
-    assert hps == [f"layers.{i}{s}" for i in range(3) for s in ("", ".attn", ".mlp")]
-    assert all(adapter.d_model(hp) == 32 for hp in hps)
+    assert hps == [f"layers.{i}{s}" for i in range(3) for s in ("", ".attn", ".mlp", ".mlp.hidden")]
+    assert all(adapter.d_model(hp) == 32 for hp in hps if not hp.endswith(".hidden"))
+    cfg = adapter.model.config  # the MLP's neurons: its intermediate size (GPT-2's n_inner, default 4 x n_embd)
+    width = cfg.intermediate_size if which == "llama" else cfg.n_inner or 4 * 32
+    assert all(adapter.d_model(hp) == width for hp in hps if hp.endswith(".hidden"))
     assert (adapter.bos_token_id, adapter.eos_token_id, adapter.pad_token_id) == (2, 1, 0)
 
 
@@ -137,6 +140,29 @@ def test_logits_with_replacements(which, request):
     with pytest.raises(saebench.ShapeError, match="layers.1"):
         adapter.logits(tokens, replace={"layers.1": lambda x: x[:, :1]})
     torch.testing.assert_close(adapter.logits(tokens), clean, rtol=1e-5, atol=1e-6)  # hooks removed after errors
+
+
+@pytest.mark.parametrize("which", ["llama", "gpt2"])
+def test_mlp_hidden_is_the_input_of_the_output_projection(which, request):
+    adapter = request.getfixturevalue(which)
+    tokens = _tokens(adapter, seed=3)
+    mlp = adapter._find_hookpoints()["layers.1.mlp"]
+    seen = []
+    out = mlp.down_proj if which == "llama" else mlp.c_proj
+    handle = out.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    with torch.no_grad():
+        clean = adapter.model(tokens).logits
+    handle.remove()
+    got = adapter.capture(tokens, ["layers.1.mlp.hidden"])["layers.1.mlp.hidden"]
+    torch.testing.assert_close(got, seen[0], rtol=1e-5, atol=1e-6)
+    same = adapter.logits(tokens, replace={"layers.1.mlp.hidden": lambda x: x})
+    torch.testing.assert_close(same, clean, rtol=1e-5, atol=1e-6)
+    zeroed = adapter.logits(tokens, replace={"layers.1.mlp.hidden": torch.zeros_like})
+    assert (zeroed - clean).abs().max() > 1e-5
+    # zero neurons = a zero MLP output (no bias in Llama's down_proj)
+    if which == "llama":
+        torch.testing.assert_close(zeroed, adapter.logits(tokens, replace={"layers.1.mlp": torch.zeros_like}))
+    assert not any(m._forward_pre_hooks for m in adapter.model.modules())  # no hook left behind
 
 
 def test_special_mask_marks_bos_eos_pad(llama):
