@@ -84,9 +84,10 @@ def write_report(
 
 
 def architectures(saes: dict[tuple[str, str, str], dict], configs: list[dict]) -> dict[tuple[str, str, str], str]:
-    """Each SAE's architecture: as the run resolved it (the store's ``saes``), else from a trained SAE's
-    ``train`` block in its cells' configuration, else "unknown"."""
-    out = {key: str(cfg["arch"]) for key, cfg in saes.items() if cfg.get("arch")}
+    """Each SAE's architecture: as the run resolved it (the store's ``saes``; ``baseline:KIND`` for a
+    baseline, which is a TopK SAE but its own series), else from a trained SAE's ``train`` block in its
+    cells' configuration, else "unknown"."""
+    out = {key: _arch(cfg) for key, cfg in saes.items() if cfg.get("arch")}
     for c in configs:
         key = (c["model"], c["hookpoint"], c["sae"])
         train = (c["config"].get("sae") or {}).get("train") if isinstance(c["config"].get("sae"), dict) else None
@@ -95,6 +96,11 @@ def architectures(saes: dict[tuple[str, str, str], dict], configs: list[dict]) -
     for c in configs:
         out.setdefault((c["model"], c["hookpoint"], c["sae"]), "unknown")
     return out
+
+
+def _arch(cfg: dict) -> str:
+    baseline = cfg.get("baseline")
+    return f"baseline:{baseline.get('kind')}" if isinstance(baseline, dict) else str(cfg["arch"])
 
 
 def _stored_cells(details: list[dict], rows: list[dict], scorers: dict[str, dict]) -> list[dict[str, Any]]:

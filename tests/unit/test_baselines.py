@@ -197,6 +197,13 @@ def test_a_run_builds_and_scores_the_three_baselines(tiny_llama, tiny_corpus, tm
     db.close()
     assert configs["random"]["baseline"] == {"kind": "random", "d_sae": 128, "k": 8, "seed": 1}
     assert configs["pca"]["baseline"]["fit_on"] == "evaluation activations"
+    # the report draws each kind as its own series, not as TopK SAEs
+    from saebench.results.report import architectures
+    from saebench.run.store import ResultsStore
+
+    with ResultsStore.existing(tmp_path / "runs" / "base") as store:
+        archs = {k[2]: a for k, a in architectures(store.sae_configs(), store.cell_configs()).items()}
+    assert archs == {"random": "baseline:random", "pca": "baseline:pca", "pca-full": "baseline:pca", "neurons": "baseline:neurons"}
     # a second run finds them built and scored
     report = execute(matrix, source="m.yaml", progress=Progress(False))
     assert report.skipped == 12
