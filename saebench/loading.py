@@ -21,7 +21,7 @@ import torch
 from pydantic import ValidationError
 
 from saebench import plugin_manager
-from saebench.errors import CheckpointError, ConfigError, PluginError, one_line, validation_error
+from saebench.errors import CheckpointError, ConfigError, PluginError, SaebenchError, one_line, validation_error
 from saebench.files import private_name, write_atomic
 from saebench.interfaces import SAELoader
 from saebench.sae import DTYPES, SAE, SAEConfig
@@ -61,7 +61,18 @@ def load_sae(
     allow_pickle: bool = False,
     device: str | torch.device | None = None,
 ) -> SAE:
-    """Load an SAE from a file or folder in any registered format (``format="auto"`` detects it)."""
+    """Load an SAE from a file or folder in any registered format (``format="auto"`` detects it), or from
+    ``hf://ORG/REPO/SUBFOLDER[@REVISION]``: those files, fetched into the Hugging Face cache (saebench.models.hub)."""
+    if isinstance(path, str) and path.startswith("hf://"):
+        from saebench.models import hub
+
+        local = hub.resolve(path)
+        try:
+            sae = load_sae(local, format, allow_pickle=allow_pickle, device=device)
+        except SaebenchError as exc:  # name the published file, not the cache's copy of it
+            raise hub.localised(exc, local, path) from None
+        sae.cfg.metadata["path"] = path
+        return sae
     path = Path(path)
     try:
         exists = path.exists()
@@ -170,7 +181,8 @@ def read_pickle(path: Path, allow_pickle: bool) -> dict[str, Any]:
     if not allow_pickle:
         raise CheckpointError(
             "is a pickle file, which can run code when loaded; convert it to safetensors, "
-            "or pass allow_pickle=True (--allow-pickle) to read it with torch.load(weights_only=True)",
+            "or pass allow_pickle=True (--allow-pickle, or allow_pickle: true in a matrix) to read it "
+            "with torch.load(weights_only=True)",
             path,
         )
     if not path.is_file():

@@ -40,6 +40,8 @@ DEFAULT_PLUGINS = tuple(
         "loaders.sparsify",
         "loaders.gemmascope",
         "loaders.openai",
+        "loaders.llamascope",
+        "loaders.dictionary_learning",
         "adapters.hf_causal_lm",
         "data_sources.python_stdlib",
         "data_sources.text_files",

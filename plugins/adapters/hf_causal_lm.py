@@ -11,9 +11,21 @@ Hook points: ``layers.{i}`` (output of decoder block i, the residual stream), ``
 and ``layers.{i}.mlp`` (outputs of the block's self-attention and MLP modules), and
 ``layers.{i}.mlp.hidden``: the MLP's neurons, the input of its output projection (``down_proj``:
 act_fn(gate_proj(x)) * up_proj(x) for Gemma and Llama), read and replaced with forward pre-hooks; its
-width is the MLP's intermediate size. ``capture`` stops
-the forward right after the deepest requested hook point, so later blocks and the LM head are
-never computed.
+width is the MLP's intermediate size. The sites published SAEs read (Gemma Scope 2's, TransformerLens's):
+
+- ``layers.{i}.attn.z``: the input of the attention's output projection (``o_proj``; GPT-2's
+  ``c_proj``), the heads' outputs concatenated (TransformerLens's ``hook_z``, Gemma Scope's
+  ``attn_out``); its width is heads × head dimension.
+- ``layers.{i}.attn_out``, ``layers.{i}.mlp_out``: what attention and MLP add to the residual
+  stream: where the block has a post-feedforward norm (Gemma 2 and 3, OLMo 2), the outputs of
+  ``post_attention_layernorm`` and ``post_feedforward_layernorm`` (TransformerLens's
+  ``hook_attn_out``/``hook_mlp_out``, Gemma Scope's ``mlp_out``); elsewhere ``.attn``'s and ``.mlp``'s.
+- ``layers.{i}.mlp_in``: the MLP's input, the output of the norm before it (Gemma 3's
+  ``pre_feedforward_layernorm``): what transcoders read (TransformerLens's ``ln2.hook_normalized``).
+
+Inputs (``.attn.z``, ``.mlp_in``, ``.mlp.hidden``) are read and replaced with forward pre-hooks.
+``capture`` stops the forward right after the deepest requested hook point, so later blocks and
+the LM head are never computed.
 """
 
 from __future__ import annotations
@@ -52,7 +64,12 @@ _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
 # The MLP's output projection, whose input is the ``mlp.hidden`` hook point (GPT-2's Conv1D is c_proj).
 _MLP_OUT_NAMES = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "fc_out", "w2")
+# The attention's output projection, whose input is the ``attn.z`` hook point.
+_ATTN_OUT_NAMES = ("o_proj", "c_proj", "out_proj", "dense", "wo")
 HIDDEN = ".mlp.hidden"
+Z = ".attn.z"
+#: hook points that are a module's input (read and replaced with forward pre-hooks)
+INPUTS = (HIDDEN, Z, ".mlp_in")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 
@@ -215,15 +232,7 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
             )
         modules: dict[str, nn.Module] = {}
         for i, block in enumerate(blocks):
-            modules[f"layers.{i}"] = block
-            for sub, names in (("attn", _ATTN_NAMES), ("mlp", _MLP_NAMES)):
-                m = next((getattr(block, n) for n in names if isinstance(getattr(block, n, None), nn.Module)), None)
-                if m is not None:
-                    modules[f"layers.{i}.{sub}"] = m
-            mlp = modules.get(f"layers.{i}.mlp")
-            out = next((getattr(mlp, n) for n in _MLP_OUT_NAMES if isinstance(getattr(mlp, n, None), nn.Module)), None)
-            if out is not None:
-                modules[f"layers.{i}{HIDDEN}"] = out
+            modules.update(_block_hookpoints(f"layers.{i}", block))
         return modules
 
     # -- the ModelAdapter contract ---------------------------------------------------------------
@@ -235,11 +244,13 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
         cfg = (
             self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         )
-        if hookpoint.endswith(HIDDEN):  # the output projection's input width: nn.Linear, or GPT-2's Conv1D [in, out]
+        if hookpoint.endswith((HIDDEN, Z)):  # a projection's input width: nn.Linear, or GPT-2's Conv1D [in, out]
             if isinstance(m, nn.Linear):
                 return int(m.in_features)
             weight = getattr(m, "weight", None)
-            return int(weight.shape[0]) if isinstance(weight, Tensor) else int(cfg.intermediate_size)
+            if isinstance(weight, Tensor):
+                return int(weight.shape[0])
+            return int(cfg.intermediate_size) if hookpoint.endswith(HIDDEN) else int(cfg.hidden_size)
         return int(cfg.hidden_size)
 
     def tokenize(self, text: str) -> list[int]:
@@ -333,8 +344,8 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
             names = list(self._modules)
             n = sum(1 for k in names if k.count(".") == 1)
             raise saebench.ConfigError(
-                f"unknown hook point {hookpoint!r} for {self.model_id}; valid: layers.0 .. "
-                f"layers.{n - 1}, each with .attn, .mlp and .mlp.hidden (e.g. {', '.join(names[:3])})",
+                f"unknown hook point {hookpoint!r} for {self.model_id}; valid: layers.0 .. layers.{n - 1}, each "
+                f"with .attn, .attn.z, .attn_out, .mlp_in, .mlp, .mlp.hidden and .mlp_out (e.g. {', '.join(names[:3])})",
                 where=hookpoint,
             )
         return m
@@ -346,10 +357,35 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
         return tokens.to(self.device, torch.long)
 
 
+def _child(parent: nn.Module | None, names: Sequence[str]) -> nn.Module | None:
+    return next((getattr(parent, n) for n in names if isinstance(getattr(parent, n, None), nn.Module)), None)
+
+
+def _block_hookpoints(prefix: str, block: nn.Module) -> dict[str, nn.Module]:
+    """The hook points of one decoder block, each with the module it reads (see the module docstring)."""
+    attn, mlp = _child(block, _ATTN_NAMES), _child(block, _MLP_NAMES)
+    # post_attention_layernorm norms the attention's output only where a post-feedforward norm exists too:
+    # in Llama and Qwen it is the norm before the MLP
+    post_mlp = _child(block, ("post_feedforward_layernorm",))
+    post_attn = _child(block, ("post_attention_layernorm",)) if post_mlp is not None else None
+    found = {
+        prefix: block,
+        f"{prefix}.attn": attn,
+        f"{prefix}{Z}": _child(attn, _ATTN_OUT_NAMES),
+        f"{prefix}.attn_out": post_attn or attn,
+        f"{prefix}.mlp_in": mlp,
+        f"{prefix}.mlp": mlp,
+        f"{prefix}{HIDDEN}": _child(mlp, _MLP_OUT_NAMES),
+        f"{prefix}.mlp_out": post_mlp or mlp,
+    }
+    return {hp: m for hp, m in found.items() if m is not None}
+
+
 def _register(module: nn.Module, hookpoint: str, hook: Callable) -> torch.utils.hooks.RemovableHandle:
-    """A forward hook (module output), or for ``mlp.hidden`` a forward pre-hook: the hook sees the module's
-    input as its output (its return value, when not None, replaces that input)."""
-    if not hookpoint.endswith(HIDDEN):
+    """A forward hook (module output), or for an input hook point (``.mlp.hidden``, ``.attn.z``, ``.mlp_in``) a
+    forward pre-hook: the hook sees the module's input as its output (its return value, when not None,
+    replaces that input)."""
+    if not hookpoint.endswith(INPUTS):
         return module.register_forward_hook(hook)
 
     def pre_hook(mod: nn.Module, args: tuple) -> tuple | None:

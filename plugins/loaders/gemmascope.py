@@ -1,10 +1,22 @@
-"""Gemma Scope: a params.npz with W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, threshold.
+"""Gemma Scope (Gemma 2, ``params.npz``) and Gemma Scope 2 (Gemma 3, ``params.safetensors``): JumpReLU SAEs.
 
-Gemma Scope's JumpReLU encodes ReLU(x·W_enc + b_enc)·1[x·W_enc + b_enc > threshold], with no
-pre-encoder bias, and decodes f·W_dec + b_dec: our JumpReLU without ``apply_b_dec_to_input``,
-with θ < 0 raised to 0 (exact, see :func:`saebench.loading.masked_relu_threshold`). The release
-lays files out as ``layer_<L>/width_<W>/average_l0_<N>/params.npz``; those parts of the path go
-into the metadata when present.
+Both encode ReLU(h)·1[h > θ] with h = x·W_enc + b_enc, with no pre-encoder bias and no input
+normalisation, and decode f·W_dec + b_dec: our JumpReLU without ``apply_b_dec_to_input``, with
+θ < 0 raised to 0 (exact, see :func:`saebench.loading.masked_relu_threshold`).
+
+Gemma Scope stores W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec and threshold in a
+params.npz, laid out as ``layer_<L>/width_<W>/average_l0_<N>/params.npz``; those parts of the path
+go into the metadata when present.
+
+Gemma Scope 2 stores the same tensors, lower-case (``w_enc``, ``w_dec``), in params.safetensors,
+beside an optional config.json (``type`` "sae" or "transcoder", ``affine_connection``,
+``hf_hook_point_in``/``_out``, ``model_name``, ``width``, ``l0``). Its folders are
+``<site>/layer_<L>_width_<W>_l0_<small|medium|big>``, the site being resid_post, mlp_out, attn_out
+or transcoder (``_all`` releases add that suffix). Site, layer, width and l0 go into
+``metadata["gemmascope"]``, with the TransformerLens-style hook point where one follows (attn_out
+is the input of ``o_proj``, the heads' outputs concatenated: ``attn.hook_z``). Transcoders, with
+or without their affine skip connection, and cross-layer transcoders read one hook point and
+write another; saebench evaluates SAEs, so they are refused.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ from __future__ import annotations
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import saebench
 from saebench import loading
@@ -19,9 +32,27 @@ from saebench import loading
 FILE = "params.npz"
 PATH_FACTS = {"layer": r"layer_(\d+)", "width": r"width_(\w+)", "average_l0": r"average_l0_(\d+)"}
 
+FILE_2 = "params.safetensors"
+CONFIG_2 = "config.json"
+NAMES_2 = {"W_enc": "w_enc", "W_dec": "w_dec", "b_enc": "b_enc", "b_dec": "b_dec", "threshold": "threshold"}
+FOLDER_2 = re.compile(r"layer_(\d+)_width_(\d+[a-zA-Z]*)_l0_([a-zA-Z0-9]+)(_affine)?")
+SITES_2 = ("resid_post", "mlp_out", "attn_out", "transcoder", "clt")
+HOOKS = {
+    "resid_post": "blocks.{}.hook_resid_post",
+    "mlp_out": "blocks.{}.hook_mlp_out",
+    "attn_out": "blocks.{}.attn.hook_z",
+}
+#: Gemma 3's Hugging Face module paths of each site (config.json's hf_hook_point_in), by layer
+HF_POINTS = {
+    "resid_post": "model.layers.{}.output",
+    "mlp_out": "model.layers.{}.post_feedforward_layernorm.output",
+    "attn_out": "model.layers.{}.self_attn.o_proj.input",
+    "mlp_in": "model.layers.{}.pre_feedforward_layernorm.output",
+}
+
 
 class GemmaScopeLoader(saebench.SAELoader):
-    """Gemma Scope params.npz: W_enc, W_dec, b_enc, b_dec, threshold (JumpReLU)."""
+    """Gemma Scope params.npz or Gemma Scope 2 params.safetensors: w_enc, w_dec, b_enc, b_dec, threshold (JumpReLU)."""
 
     name = "gemmascope"
     priority = 5
@@ -29,24 +60,35 @@ class GemmaScopeLoader(saebench.SAELoader):
     def detect(self, path: Path) -> bool:
         try:
             if path.is_dir():
-                return (path / FILE).is_file()
-            if not path.is_file() or path.suffix != ".npz":
+                return (path / FILE).is_file() or (path / FILE_2).is_file()
+            if not path.is_file():
                 return False
-            if path.name == FILE:
+            if path.name in (FILE, FILE_2):
                 return True
-            with zipfile.ZipFile(path) as z:  # another name: look at the member list, not the data
-                return {"W_enc.npy", "threshold.npy"} <= set(z.namelist())
-        except (OSError, zipfile.BadZipFile):
+            if path.suffix == ".npz":
+                with zipfile.ZipFile(path) as z:  # another name: look at the member list, not the data
+                    return {"W_enc.npy", "threshold.npy"} <= set(z.namelist())
+            if path.suffix == ".safetensors":
+                return {"w_enc", "w_dec", "threshold"} <= set(_header_shapes(path))
+            return False
+        except Exception:  # a detector never raises; unreadable files are simply not ours
             return False
 
     def load(self, path: Path, *, allow_pickle: bool = False) -> saebench.SAE:
-        file = path / FILE if path.is_dir() else path
+        if path.is_dir():
+            if not (path / FILE).is_file() and (path / FILE_2).is_file():
+                return self._load_v2(path / FILE_2)
+            return self._load_v1(path / FILE)
+        return self._load_v2(path) if path.suffix == ".safetensors" else self._load_v1(path)
+
+    @staticmethod
+    def _load_v1(file: Path) -> saebench.SAE:
         tensors = loading.read_npz(file)
         if "threshold" in tensors:
             tensors["threshold"] = loading.masked_relu_threshold(tensors["threshold"])
         facts = {}
         for key, pattern in PATH_FACTS.items():
-            for part in file.resolve().parent.parts:
+            for part in file.parent.resolve().parts:  # the folder: a Hugging Face cache links files to blobs
                 if m := re.fullmatch(pattern, part):
                     facts[key] = int(m.group(1)) if m.group(1).isdigit() else m.group(1)
         w_enc = tensors.get("W_enc")
@@ -58,6 +100,98 @@ class GemmaScopeLoader(saebench.SAELoader):
             dtype=loading.dtype_name(getattr(w_enc, "dtype", None)),
             metadata={"gemmascope": facts},
         )
+
+    @staticmethod
+    def _load_v2(file: Path) -> saebench.SAE:
+        cfg_file = file.parent / CONFIG_2
+        raw = loading.read_config(cfg_file) if cfg_file.is_file() else {}
+        arch = raw.get("architecture", "jump_relu")
+        if arch != "jump_relu":
+            raise saebench.CheckpointError(
+                f"architecture {arch!r} is not supported (saebench reads Gemma Scope 2's jump_relu)", cfg_file
+            )
+        facts = folder_facts(file.parent.resolve(), raw)
+        _refuse_transcoders(file, cfg_file, raw, facts, _header_shapes(file))
+        tensors = loading.read_safetensors(file)
+        if "threshold" in tensors:
+            tensors["threshold"] = loading.masked_relu_threshold(tensors["threshold"])
+        if raw:
+            facts["config"] = raw
+        model_name = raw.get("model_name")
+        return loading.build_checkpoint(
+            "jumprelu",
+            tensors,
+            file,
+            names=NAMES_2,
+            cfg_where=cfg_file,
+            apply_b_dec_to_input=False,
+            dtype=loading.dtype_name(getattr(tensors.get("w_enc"), "dtype", None)),
+            model_name=model_name if isinstance(model_name, str) else None,
+            hook_name=facts.get("hook_name"),
+            metadata={"gemmascope": facts},
+        )
+
+
+def folder_facts(folder: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """Site, layer, width, l0 (and the hook point that follows) from a Gemma Scope 2 folder and its config."""
+    facts: dict[str, Any] = {}
+    site = folder.parent.name.removesuffix("_all")
+    if site in SITES_2:
+        facts["site"] = site
+    if m := FOLDER_2.fullmatch(folder.name):
+        facts.update(layer=int(m[1]), width=m[2], l0=m[3])
+        if m[4]:
+            facts["affine"] = True
+    hf_in = raw.get("hf_hook_point_in")
+    for name, point in HF_POINTS.items():
+        if name != "mlp_in" and isinstance(hf_in, str) and (m := re.fullmatch(point.format(r"(\d+)"), hf_in)):
+            facts.setdefault("site", name)  # a folder renamed on download still says what it reads
+            facts.setdefault("layer", int(m[1]))
+    if facts.get("site") in HOOKS and "layer" in facts:
+        facts["hook_name"] = HOOKS[facts["site"]].format(facts["layer"])
+        if facts["site"] == "attn_out":
+            facts["reshape_activations"] = "hook_z"  # TransformerLens keeps heads apart there
+    return facts
+
+
+def _refuse_transcoders(
+    file: Path, cfg_file: Path, raw: dict[str, Any], facts: dict[str, Any], shapes: dict[str, list[int]]
+) -> None:
+    """A transcoder is told by its config, its folder, a skip connection or a decoder that writes elsewhere."""
+    w_enc, w_dec = shapes.get("w_enc", []), shapes.get("w_dec", [])
+    hf_in, hf_out = raw.get("hf_hook_point_in"), raw.get("hf_hook_point_out")
+    skip = "affine_skip_connection" in shapes or bool(raw.get("affine_connection")) or bool(facts.get("affine"))
+    two_points = isinstance(hf_in, str) and isinstance(hf_out, str) and hf_in != hf_out
+    by_config = raw.get("type") == "transcoder" or bool(raw.get("affine_connection")) or two_points
+    by_folder = facts.get("site") in ("transcoder", "clt")
+    by_tensors = skip or len(w_dec) == 3 or (len(w_enc) == 2 and len(w_dec) == 2 and w_enc[0] != w_dec[1])
+    if not (by_config or by_folder or by_tensors):
+        return
+    layer = facts.get("layer")
+    reads = hf_in if isinstance(hf_in, str) else None
+    writes = hf_out if isinstance(hf_out, str) else None
+    if by_folder and layer is not None:
+        reads = reads or HF_POINTS["mlp_in"].format(layer)
+        writes = writes or HF_POINTS["mlp_out"].format(layer)
+    if len(w_enc) == 2 and len(w_dec) >= 2:
+        reads, writes = reads or f"d_in={w_enc[0]}", writes or f"d_out={w_dec[-1]}"
+    kind = "cross-layer transcoder" if len(w_dec) == 3 or facts.get("site") == "clt" else "transcoder"
+    problem = (
+        f"is a {'skip ' if skip else ''}{kind}: reads {reads or 'one hook point'} and writes "
+        f"{writes or 'another'}; saebench does not evaluate transcoders yet"
+    )
+    raise saebench.CheckpointError(problem, cfg_file if by_config and not by_tensors else file)
+
+
+def _header_shapes(file: Path) -> dict[str, list[int]]:
+    """Tensor shapes from a safetensors header, without reading the data; {} if the file is unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {key: list(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+    except Exception:  # read_safetensors reports what is wrong with the file
+        return {}
 
 
 @saebench.hookimpl

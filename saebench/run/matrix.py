@@ -11,14 +11,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from saebench import plugin_manager
-from saebench.errors import ConfigError, PluginError, validation_error
+from saebench.errors import ConfigError, validation_error
 from saebench.interp.records import RecordConfig
+from saebench.run.sources import check_plugin as _plugin
+from saebench.run.sources import check_source
 from saebench.run.sweep import expand_sweeps, in_sweep
-from saebench.training import TrainConfig
-from saebench.training.baselines import BaselineConfig
 
 
 class DataSpec(BaseModel):
@@ -46,27 +55,41 @@ class ModelSpec(BaseModel):
 
 
 class SAESpec(BaseModel):
-    """An SAE to evaluate: a checkpoint (``path``, any loader format), one to train (``train``) or a baseline
-    to build (``baseline``, see saebench.training.baselines)."""
+    """An SAE to evaluate: a checkpoint (``path``, any loader format, local or ``hf://``), a published one
+    (``release`` + ``sae_id``), one to train (``train``) or a baseline to build (``baseline``, see
+    saebench.training.baselines). See saebench.run.sources."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     model: str
-    hookpoint: str
+    hookpoint: str = Field("", description="omitted (empty): the hook point the checkpoint names")
     path: str | None = None
+    release: str | None = Field(None, description="a release of SAELens's directory, with sae_id")
+    sae_id: str | None = None
     format: str = "auto"
     allow_pickle: bool = False
     train: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None
+    _hook_name: str | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _one_source(self) -> SAESpec:
-        if sum(x is not None for x in (self.path, self.train, self.baseline)) != 1:
+        checkpoint = self.path is not None or self.release is not None  # a release fills in path when checked
+        if sum((checkpoint, self.train is not None, self.baseline is not None)) != 1:
             raise ValueError(
-                "give exactly one of 'path' (a checkpoint), 'train' (a training config) or 'baseline' (a baseline)"
+                "give exactly one of 'path' (a checkpoint), 'release' with 'sae_id' (a published SAE), "
+                "'train' (a training config) or 'baseline' (a baseline)"
             )
         return self
+
+    def inferred_from(self, hook_name: str) -> None:
+        self._hook_name = hook_name
+
+    @property
+    def hook_name(self) -> str | None:
+        """The checkpoint's own name of the hook point, when ``hookpoint`` was taken from it."""
+        return self._hook_name
 
 
 class ScorerSpec(BaseModel):
@@ -304,13 +327,13 @@ def check_matrix(m: Matrix, path: str | Path) -> None:
         where = f"saes[{i}]"
         if sae.model not in models:
             raise ConfigError(f"unknown model {sae.model!r}; models: {', '.join(models)}", f"{path}: {where}.model")
+        check_source(sae, models[sae.model], path, where)  # before the check below: it may fill in the hook point
         if sae.hookpoint not in models[sae.model].hookpoints:
             raise ConfigError(
                 f"hook point {sae.hookpoint!r} is not among model {sae.model!r}'s hookpoints "
                 f"({', '.join(models[sae.model].hookpoints)})",
                 f"{path}: {where}.hookpoint",
             )
-        _check_source(sae, path, where)
     check_interp(m, path)
     if isinstance(m.executor, str) and m.executor != "local":
         raise ConfigError(
@@ -321,38 +344,6 @@ def check_matrix(m: Matrix, path: str | Path) -> None:
             RayExecutor.model_validate(m.executor)
         except ValidationError as exc:
             raise validation_error(exc, f"{path}: executor") from None
-
-
-def _plugin(kind: str, name: str, path: str | Path, where: str) -> None:
-    try:
-        plugin_manager.get(kind, name)
-    except PluginError as exc:
-        raise ConfigError(exc.problem, f"{path}: {where}") from None
-
-
-def _check_source(sae: SAESpec, path: str | Path, where: str) -> None:
-    """A checkpoint that exists in a known format, a training block or a baseline block that validates."""
-    if sae.baseline is not None:
-        BaselineConfig.from_mapping(sae.baseline, f"{path}: {where}.baseline", sae.hookpoint)
-        return
-    if sae.path is not None:
-        try:
-            exists = Path(sae.path).exists()
-        except (OSError, ValueError) as exc:  # a name too long for the file system, say
-            problem = getattr(exc, "strerror", None) or str(exc)
-            raise ConfigError(
-                f"cannot use checkpoint path {sae.path[:200]!r}: {problem}", f"{path}: {where}.path"
-            ) from None
-        if not exists:
-            raise ConfigError(f"no such checkpoint {sae.path!r}", f"{path}: {where}.path")
-        if sae.format != "auto":
-            _plugin("loader", sae.format, path, f"{where}.format")
-        return
-    arch = (sae.train or {}).get("arch")
-    if not isinstance(arch, str):
-        raise ConfigError("a train block needs 'arch'", f"{path}: {where}.train.arch")
-    _plugin("architecture", arch, path, f"{where}.train.arch")
-    TrainConfig.from_mapping(sae.train, f"{path}: {where}.train")
 
 
 def check_interp(m: Matrix, path: str | Path) -> None:

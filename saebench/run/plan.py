@@ -27,6 +27,7 @@ from typing import Any, Literal
 import saebench
 from saebench import plugin_manager
 from saebench.interp.records import RecordConfig
+from saebench.models import hub
 from saebench.run.activations import cache_key
 from saebench.run.components import Components
 from saebench.run.matrix import Matrix, ModelSpec, SAESpec
@@ -72,7 +73,10 @@ def config_hash(obj: Any) -> str:
 
 
 def fingerprint(path: str) -> str:
-    """Cheap identity of a model or checkpoint on disk (names, sizes, mtimes), or the string itself."""
+    """Cheap identity of a model or checkpoint on disk (names, sizes, mtimes), or the string itself; for an
+    ``hf://`` SAE its repository, subfolder and the commit the Hugging Face cache resolves its revision to."""
+    if hub.is_hub_path(path):
+        return hub.fingerprint(path)
     p = Path(path)
     try:
         if not p.exists():

@@ -50,6 +50,7 @@ from saebench.run.matrix import Matrix, RaySpec
 from saebench.run.plan import CELL_KINDS, LATENT_KINDS, Cell, make_plan, versions
 from saebench.run.progress import Progress
 from saebench.run.recorder import BufferStore, Recorder, RunReport
+from saebench.run.sources import fetch_published
 from saebench.run.stages import Work
 from saebench.run.store import CellKey, ResultsStore
 
@@ -87,6 +88,7 @@ def _worker(job: Job) -> RunContext:
         _CONTEXTS.clear()
         matrix = Matrix.model_validate(job.matrix)
         components = build_components(matrix, job.source)
+        fetch_published(matrix.saes, job.source)  # this node's cache resolves hf:// revisions as the driver's did
         ctx = RunContext(make_plan(matrix, job.source, components), components, Progress(enabled=False))
         for client in components.llms.values():
             client.use_cache(ctx.plan.cache_dir / "llm-responses.sqlite")

@@ -178,6 +178,19 @@ def corrupt_middle(file: Path) -> None:
     file.write_bytes(bytes(data))
 
 
+DIRECTORY = "tiny-res-jb:\n  repo_id: saebench-test/absent\n  saes:\n  - {id: blocks.1.hook_resid_post, path: sae}\n"
+
+
+def release(name: str, sae_id: str) -> Callable[[Path], None]:
+    """The SAE as a release of the directory cli() points SAEBENCH_SAE_DIRECTORY at (saes.yaml in the case's folder)."""
+
+    def fn(m: dict[str, Any]) -> None:
+        del m["saes"][0]["path"]
+        m["saes"][0].update(release=name, sae_id=sae_id)
+
+    return both(overwrite(lambda d: d / "saes.yaml", DIRECTORY), edit(fn))
+
+
 def empty_corpus(d: Path) -> None:
     (d / "empty").mkdir()
     for i in range(3):
@@ -263,6 +276,19 @@ CASES = [
     Case("cfg-d_sae-wrong-type", cfg_edit(lambda c: c.update(d_sae="many")), ("cfg.json", "d_sae")),
     Case("cfg-d_sae-absurd", cfg_edit(lambda c: c.update(d_sae=10**12)), ("sae_weights.safetensors", "d_sae=1000000000000")),
     Case("sae-path-too-long", edit(sae_at("s" * 5000)), (M + "saes[0].path", "too long")),
+    Case("sae-hub-not-cached", edit(sae_at("hf://saebench-test/absent/sae")),
+         (M + "saes[0].path: hf://saebench-test/absent/sae", "not in the Hugging Face cache", "HF_HUB_OFFLINE")),
+    Case("sae-hub-path-malformed", edit(sae_at("hf://saebench-test")), (M + "saes[0].path", "hf://ORG/REPO/SUBFOLDER")),
+    Case("sae-release-unknown", release("tiny-res-bj", "blocks.1.hook_resid_post"),
+         (M + "saes[0].release", "tiny-res-bj", "did you mean 'tiny-res-jb'")),
+    Case("sae-id-unknown", release("tiny-res-jb", "blocks.1.hook_resid_pots"),
+         (M + "saes[0].sae_id", "did you mean 'blocks.1.hook_resid_post'")),
+    Case("hookpoint-omitted-unmapped", both(cfg_edit(lambda c: c.update(hook_name="blocks.0.hook_resid_pre")),
+                                            edit(lambda m: m["saes"][0].pop("hookpoint"))),
+         (M + "saes[0].hookpoint", "blocks.0.hook_resid_pre", "embeddings")),
+    Case("hookpoint-omitted-not-in-model", both(cfg_edit(lambda c: c.update(hook_name="blocks.7.hook_resid_post")),
+                                                edit(lambda m: m["saes"][0].pop("hookpoint"))),
+         (M + "saes[0].hookpoint", "'relu'", "blocks.7.hook_resid_post", "'layers.7'")),
     Case("cfg-arch-unknown", cfg_edit(lambda c: c.update(arch="gated")), ("cfg.json", "gated")),
     Case("nan-weights", tensors_edit(lambda t: t["W_enc"].__setitem__((0, 0), float("nan"))),
          ("sae_weights.safetensors", "W_enc")),
@@ -301,6 +327,8 @@ INSPECT_CASES = [c for c in CASES if c.argv[0] == "inspect"]
 # -- the valid base run and the cases ------------------------------------------------------------
 def cli(args, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "SAEBENCH_NO_SUCH_KEY"}
+    # hf:// and release cases: never the network, a cache and a directory of the case's own
+    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE="hf-cache", SAEBENCH_SAE_DIRECTORY="saes.yaml")
     return subprocess.run([str(SAEBENCH), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 

@@ -26,6 +26,26 @@ def llama(llama_dir):
 
 
 @pytest.fixture(scope="module")
+def gemma3(tmp_path_factory):
+    """A tiny Gemma 3 (its blocks norm the attention's and the MLP's outputs), with the tiny Llama's tokenizer;
+    4 heads of dimension 16, so o_proj's input (64) is wider than the residual stream (32)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder = make_tiny_model(tmp_path_factory.mktemp("gemma3"), "llama", n_layers=3, d_model=32)
+    cfg = Gemma3TextConfig(vocab_size=259, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                           sliding_window=8, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():  # RMSNorm weights start at 0 (scale 1): make each norm matter
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(folder)  # replaces the Llama's config and weights
+    return HFCausalLMAdapter(str(folder))
+
+
+@pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
     return HFCausalLMAdapter(str(make_tiny_model(tmp_path_factory.mktemp("gpt2"), "gpt2", n_layers=3, d_model=32)))
 
@@ -55,8 +75,9 @@ def test_registered_as_a_model_adapter():
 def test_hookpoints_are_found_generically(which, request):
     adapter = request.getfixturevalue(which)
     hps = adapter.hookpoints()
-    assert hps == [f"layers.{i}{s}" for i in range(3) for s in ("", ".attn", ".mlp", ".mlp.hidden")]
-    assert all(adapter.d_model(hp) == 32 for hp in hps if not hp.endswith(".hidden"))
+    sites = ("", ".attn", ".attn.z", ".attn_out", ".mlp_in", ".mlp", ".mlp.hidden", ".mlp_out")
+    assert hps == [f"layers.{i}{s}" for i in range(3) for s in sites]
+    assert all(adapter.d_model(hp) == 32 for hp in hps if not hp.endswith(".hidden"))  # z: 4 heads x 8
     cfg = adapter.model.config  # the MLP's neurons: its intermediate size (GPT-2's n_inner, default 4 x n_embd)
     width = cfg.intermediate_size if which == "llama" else cfg.n_inner or 4 * 32
     assert all(adapter.d_model(hp) == width for hp in hps if hp.endswith(".hidden"))
@@ -261,3 +282,64 @@ def test_embedded_gemma_converts_once_then_loads_the_cached_copy(tmp_path, monke
     body = norms[~gemma.special_mask(ctx)]
     assert 1000 < body.median() < 20000, body.median()  # residual norms in the thousands at layer 6
     assert (norms[:, 0] > 5 * body.median()).all()  # BOS is the known huge outlier
+
+
+# -- the sites of published SAEs (Gemma Scope 2, TransformerLens) ---------------------------------
+def _record_input(module):
+    seen = []
+    return seen, module.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+
+
+def test_gemma3_sites_are_its_norms_and_o_proj(gemma3):
+    block = gemma3.model.model.layers[1]
+    assert type(block).__name__ == "Gemma3DecoderLayer"
+    probes = {"layers.1.mlp_out": _record(block.post_feedforward_layernorm),
+              "layers.1.mlp_in": _record(block.pre_feedforward_layernorm),
+              "layers.1.attn_out": _record(block.post_attention_layernorm),
+              "layers.1.attn.z": _record_input(block.self_attn.o_proj),
+              "layers.1.mlp": _record(block.mlp), "layers.1.attn": _record(block.self_attn)}
+    tokens = _tokens(gemma3, seed=4)
+    with torch.no_grad():
+        gemma3.model(tokens)
+    for _, handle in probes.values():
+        handle.remove()
+    got = gemma3.capture(tokens, list(probes))
+    for hp, (seen, _) in probes.items():
+        torch.testing.assert_close(got[hp], seen[0], rtol=1e-5, atol=1e-6, msg=hp)
+    # the post-feedforward norm changes what the MLP adds: mlp_out is not the MLP module's output
+    assert (got["layers.1.mlp_out"] - got["layers.1.mlp"]).abs().max() > 1e-3
+    assert (got["layers.1.attn_out"] - got["layers.1.attn"]).abs().max() > 1e-3
+    assert gemma3.d_model("layers.1.attn.z") == 64 and got["layers.1.attn.z"].shape == (2, 12, 64)
+    assert all(gemma3.d_model(f"layers.1{s}") == 32 for s in (".mlp_out", ".mlp_in", ".attn_out"))
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in gemma3.model.modules())
+
+
+@pytest.mark.parametrize("site,same_as", [(".mlp_out", ".mlp"), (".mlp_in", ".mlp"), (".attn.z", ".attn"),
+                                          (".attn_out", ".attn")])
+def test_gemma3_sites_are_replaceable(gemma3, site, same_as):
+    tokens = _tokens(gemma3, seed=5)
+    with torch.no_grad():
+        clean = gemma3.model(tokens).logits
+    received = []
+    same = gemma3.logits(tokens, replace={f"layers.1{site}": lambda x: received.append(x.shape) or x})
+    torch.testing.assert_close(same, clean, rtol=1e-5, atol=1e-6)
+    assert received == [(2, 12, gemma3.d_model(f"layers.1{site}"))]
+    zeroed = gemma3.logits(tokens, replace={f"layers.1{site}": torch.zeros_like})
+    assert (zeroed - clean).abs().max() > 1e-4
+    # RMSNorm(0) = 0 and Gemma's projections have no bias: a zero site adds nothing, as a zero module output
+    torch.testing.assert_close(zeroed, gemma3.logits(tokens, replace={f"layers.1{same_as}": torch.zeros_like}),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_gpt2_attn_z_is_the_input_of_c_proj_and_other_sites_are_the_modules(gpt2):
+    block = gpt2._find_hookpoints()["layers.1"]
+    seen, handle = _record_input(block.attn.c_proj)
+    tokens = _tokens(gpt2, seed=6)
+    with torch.no_grad():
+        gpt2.model(tokens)
+    handle.remove()
+    got = gpt2.capture(tokens, ["layers.1.attn.z", "layers.1.attn", "layers.1.attn_out", "layers.1.mlp",
+                                "layers.1.mlp_out"])
+    torch.testing.assert_close(got["layers.1.attn.z"], seen[0], rtol=1e-5, atol=1e-6)
+    assert torch.equal(got["layers.1.attn_out"], got["layers.1.attn"])  # no post-attention norm in GPT-2
+    assert torch.equal(got["layers.1.mlp_out"], got["layers.1.mlp"])
