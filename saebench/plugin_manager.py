@@ -35,6 +35,8 @@ DEFAULT_PLUGINS = tuple(
         "architectures.relu",
         "architectures.topk",
         "architectures.jumprelu",
+        "architectures.batchtopk",
+        "architectures.matryoshka_batchtopk",
         "loaders.native",
         "loaders.saelens",
         "loaders.sparsify",

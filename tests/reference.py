@@ -17,6 +17,8 @@ def random_weights(d_in: int, d_sae: int, *, arch: str, seed: int = 0) -> dict[s
     }
     if arch == "jumprelu":
         w["threshold"] = torch.rand(d_sae, generator=g) * 0.8
+    if arch in ("batchtopk", "matryoshka_batchtopk"):  # one global threshold, a 0-d tensor
+        w["threshold"] = torch.tensor(0.3)
     return w
 
 
@@ -33,6 +35,9 @@ def encode(arch, x, w, k=None, apply_b_dec_to_input=False, act_scale=1.0):
         return np.maximum(h, 0.0)
     if arch == "jumprelu":
         theta = np.asarray(w["threshold"], dtype=np.float64)
+        return h * (h > theta)
+    if arch in ("batchtopk", "matryoshka_batchtopk"):  # inference: JumpReLU with one θ; θ < 0 acts as 0
+        theta = max(float(np.asarray(w["threshold"], dtype=np.float64).reshape(())), 0.0)
         return h * (h > theta)
     if arch == "topk":
         f = np.zeros_like(h)

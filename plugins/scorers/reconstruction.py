@@ -35,6 +35,10 @@ are None and ``ks_skipped`` in the details says why (so a matrix may pair the op
 several architectures); a K larger than d_sae is skipped the same way. The top-K encoding is one
 more pass of the encoder per batch (at the largest K, whose sorted rows give every smaller K).
 
+Matryoshka SAEs (those with ``prefixes``, e.g. ``matryoshka_batchtopk``): ``fvu_by_prefix`` in the
+details maps each nested width m to the FVU when only latents 0..m−1 of the SAE's encoding decode
+(the last, m = d_sae, is ``fvu``), over the same tokens and Σ‖x − x̄‖².
+
 Details: ``saebench_0_6_explained_variance`` is what sae-bench 0.6.0's core eval reports as
 ``explained_variance`` for these tokens evaluated as one batch (its default,
 n_eval_sparsity_variance_batches=1, or equal-sized batches):
@@ -101,11 +105,18 @@ class ReconstructionScorer(saebench.Scorer):
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
         ks, skipped = _test_time_ks(sae, self.options.ks or [])
         sums = _Sums(by_context=ContextSums(inputs), ks=ks)
+        prefixes = getattr(sae, "prefixes", None) or []
+        prefix_sse = dict.fromkeys(prefixes, 0.0)
         for x_in, values, indices in encoded_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens):
             x_hat = sae.decode_sparse(values, indices).to(torch.float64)
             x = x_in.to(device=x_hat.device, dtype=torch.float64)
             sums.add(x, x_hat, _sse_at_ks(sae, x_in, x, ks))
+            for m in prefixes:
+                prefix_sse[m] += _sse_of_prefix(sae, values, indices, x, m)
         result = sums.result(sae.cfg.d_in)
+        if prefixes:  # a details entry, not a metric: only Matryoshka SAEs have it, each with its own widths
+            tss = result.details.get("total_variance_per_token", 0.0) * sums.n
+            result.details["fvu_by_prefix"] = {str(m): ratio(v, tss) for m, v in prefix_sse.items()}
         if self.options.ks:
             for k in self.options.ks:
                 result.metrics.setdefault(f"fvu_at_k{k}", None)
@@ -151,6 +162,12 @@ def _sse_at_ks(sae: saebench.SAE, x_in: Tensor, x: Tensor, ks: list[int]) -> dic
         x_hat = sae.decode_sparse(values[:, :k].contiguous(), indices[:, :k].contiguous()).to(torch.float64)
         out[k] = (x - x_hat).square().sum(dim=1)
     return out
+
+
+def _sse_of_prefix(sae: saebench.SAE, values: Tensor, indices: Tensor, x: Tensor, m: int) -> float:
+    """Σ‖x − x̂_m‖² (float64), x̂_m decoded from the latents below ``m`` only (a Matryoshka prefix)."""
+    kept = torch.where(indices < m, values, torch.zeros_like(values))
+    return float((x - sae.decode_sparse(kept, indices).to(torch.float64)).square().sum())
 
 
 @dataclass

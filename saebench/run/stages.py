@@ -254,7 +254,11 @@ def _train(ctx: RunContext, name: str) -> None:
             model_name=ctx.plan.models[spec.model].path,
             progress=bar.training,
         )
-    trained.cfg.metadata["training"] = json.loads(stats.model_dump_json())
+    # the run's stats, keeping the trainer's record of the config (Matryoshka's prefixes are read from it)
+    trained.cfg.metadata["training"] = {
+        **trained.cfg.metadata.get("training", {}),
+        **json.loads(stats.model_dump_json()),
+    }
     _save(entry, trained, start)
 
 

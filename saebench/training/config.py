@@ -49,13 +49,17 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    arch: str = Field(description="architecture: relu, topk, jumprelu, or a plugin that implements training_forward")
+    arch: str = Field(
+        description="architecture: relu, topk, jumprelu, batchtopk, matryoshka_batchtopk, or a plugin that implements training_forward"
+    )
     d_sae: PositiveInt
     tokens: PositiveInt = Field(description="training tokens; the data is repeated if it holds fewer")
     batch_size: PositiveInt = 4096
     lr: PositiveFloat = 4e-4
     seed: int = 0
-    k: PositiveInt | None = Field(None, description="TopK: latents kept per token (required)")
+    k: PositiveInt | None = Field(
+        None, description="TopK: latents kept per token; BatchTopK: the per-token average (k·batch_size per batch)"
+    )
     l1: NonNegativeFloat = Field(5.0, description="ReLU: L1 coefficient (Anthropic's 5 with E‖x‖ = √d_in)")
     l0: NonNegativeFloat = Field(1.0, description="JumpReLU: L0 coefficient")
     bandwidth: PositiveFloat = Field(0.05, description="JumpReLU: straight-through estimator bandwidth ε")
@@ -65,6 +69,12 @@ class TrainConfig(BaseModel):
     multi_topk: MultiTopK | None = Field(
         None,
         description="TopK: add weight·L(multiplier·k) to the loss (Gao et al.'s Multi-TopK); true = {multiplier: 4, weight: 0.125}",
+    )
+    threshold_lr: float = Field(
+        0.01, gt=0, le=1, description="BatchTopK: EMA rate of the inference threshold θ (SAELens's topk_threshold_lr)"
+    )
+    prefixes: list[PositiveInt] | None = Field(
+        None, description="Matryoshka BatchTopK: nested dictionary widths, increasing, the last = d_sae"
     )
     dead_tokens: PositiveInt | None = Field(
         None, description="a latent is dead after this many tokens without firing; default min(10M, tokens/10)"
@@ -102,7 +112,13 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _defaults(self) -> TrainConfig:
-        topk_style = getattr(plugin_manager.get("architecture", self.arch), "topk_per_token", False)
+        sae_cls = plugin_manager.get("architecture", self.arch)
+        topk_style = getattr(sae_cls, "topk_per_token", False)
+        if self.prefixes is not None and not getattr(sae_cls, "nested_prefixes", False):
+            raise ValueError(f"prefixes are for Matryoshka SAEs (matryoshka_batchtopk); {self.arch} has none")
+        check = getattr(sae_cls, "check_train_config", None)  # an architecture's own requirements (BatchTopK's k)
+        if check is not None:
+            check(self)
         if topk_style and self.k is None:
             raise ValueError(f"a {self.arch} SAE needs k (latents kept per token)")
         if self.k is not None and self.k > self.d_sae:

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "saebench-batchtopk"
 SAEBENCH = Path(sys.executable).parent / "saebench"
 DIST, VERSION, MODULE, ENTRY_POINT = "saebench-batchtopk", "0.1.0", "saebench_batchtopk", "batchtopk"
-BUILTIN_ARCHS = {"relu", "topk", "jumprelu"}
+BUILTIN_ARCHS = {"relu", "topk", "jumprelu", "batchtopk", "matryoshka_batchtopk"}
 
 D_IN, D_SAE = 16, 64
 MARGIN = 1e-4  # a strict comparison whose operands differ by less than this may flip between float32 and float64
@@ -98,13 +98,6 @@ def ref_x_prime(x, w, cfg) -> np.ndarray:
     return x - _f64(w["b_dec"]) if cfg["apply_b_dec_to_input"] else x
 
 
-def ref_batchtopk(x, w, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """(f, h − θ): JumpReLU with one global threshold, θ < 0 acting as 0; the second is where f jumps."""
-    h = ref_x_prime(x, w, cfg) @ _f64(w["W_enc"]) + _f64(w["b_enc"])
-    theta = max(float(_f64(w["threshold"]).reshape(())), 0.0)
-    return np.where(h > theta, h, 0.0), h - theta
-
-
 def ref_gated(x, w, cfg) -> tuple[np.ndarray, np.ndarray]:
     """(f, gate pre-activation): the gate decides where f jumps."""
     xp = ref_x_prime(x, w, cfg)
@@ -130,17 +123,6 @@ def densify(values, indices, d_sae: int) -> torch.Tensor:
     return torch.zeros(v.shape[0], d_sae, dtype=torch.float64).scatter_add_(1, i, v.double())
 
 
-def batchtopk_weights(seed: int = 0, theta: float = 0.25) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "W_enc": torch.randn(D_IN, D_SAE, generator=g) / D_IN**0.5,
-        "W_dec": torch.randn(D_SAE, D_IN, generator=g) / D_SAE**0.5,
-        "b_enc": torch.randn(D_SAE, generator=g) * 0.1 - 0.1,
-        "b_dec": torch.randn(D_IN, generator=g) * 0.1,
-        "threshold": torch.tensor(theta),
-    }
-
-
 def gated_weights(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
@@ -160,10 +142,10 @@ CONFIGS = [
 
 
 # -- discovery: the CLI and the registry -----------------------------------------------------------
-def test_json_listing_has_both_architectures_beside_the_builtins(installed):
+def test_json_listing_has_the_architecture_beside_the_builtins(installed):
     data = _cli_json()
     rows = {(p["kind"], p["name"]): p for p in data["plugins"]}
-    for name, cls in (("batchtopk", installed.BatchTopKSAE), ("gated", installed.GatedSAE)):
+    for name, cls in (("gated", installed.GatedSAE),):
         row = rows[("architecture", name)]
         assert (row["source"], row["version"], row["plugin"]) == (DIST, VERSION, ENTRY_POINT)
         assert row["description"] == plugin_manager.describe(cls) != ""
@@ -177,7 +159,7 @@ def test_text_listing_shows_them(installed):
     r = _cli("plugins")
     assert r.returncode == 0
     lines = {tuple(line.split()[:2]): line for line in r.stdout.splitlines()}
-    for name, cls in (("batchtopk", installed.BatchTopKSAE), ("gated", installed.GatedSAE)):
+    for name, cls in (("gated", installed.GatedSAE),):
         line = lines[("architecture", name)]
         assert line.split()[2:4] == [DIST, VERSION]
         assert line.endswith(plugin_manager.describe(cls))
@@ -188,11 +170,12 @@ def test_text_listing_shows_them(installed):
 def test_in_process_registry_loads_the_installed_distribution(installed):
     assert not Path(installed.__file__).resolve().is_relative_to(EXAMPLE.resolve()), "imported the source tree, not the install"
     registry = plugin_manager.get_registry()
-    for name in ("batchtopk", "gated"):
-        info = registry.info("architecture", name)
-        assert (info.source, info.version, info.plugin) == (DIST, VERSION, ENTRY_POINT)
-        assert info.obj.__module__ == MODULE
-        assert issubclass(info.obj, saebench.SAE)
+    info = registry.info("architecture", "gated")
+    assert (info.source, info.version, info.plugin) == (DIST, VERSION, ENTRY_POINT)
+    assert info.obj.__module__ == MODULE
+    assert issubclass(info.obj, saebench.SAE)
+    # the package's first name is now a built-in architecture: the example no longer registers it
+    assert registry.info("architecture", "batchtopk").source == "built-in"
 
 
 def test_load_plugins_env_var_selects_entry_points(installed):
@@ -204,104 +187,9 @@ def test_load_plugins_env_var_selects_entry_points(installed):
 
     only_example = _cli_json(load=f"{ENTRY_POINT}, some-other-plugin")
     assert {(p["name"], p["source"]) for p in only_example["plugins"] if p["source"] != "built-in"} == {
-        ("batchtopk", DIST), ("gated", DIST),
+        ("gated", DIST),
     }
     assert {(p["kind"], p["name"]) for p in only_example["plugins"] if p["source"] == "built-in"} == builtins
-
-
-# -- batchtopk -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cfg", CONFIGS, ids=["plain", "b_dec+scale"])
-def test_batchtopk_end_to_end(installed, tmp_path, cfg):
-    w = batchtopk_weights()
-    sae = saebench.build_sae("batchtopk", w, k=4, **cfg)
-    assert isinstance(sae, installed.BatchTopKSAE) and sae.threshold.shape == ()
-    x = torch.randn(3, 7, D_IN, generator=torch.Generator().manual_seed(1))
-    ref, jump = ref_batchtopk(x, w, cfg)
-    assert 0.05 < (ref != 0).mean() < 0.6  # a fair share of latents fire, many do not
-
-    f = sae.encode(x)
-    assert f.shape == (3, 7, D_SAE)
-    assert_latents_match(f, ref, jump)
-
-    values, indices = sae.encode_sparse(x)
-    assert values.shape == indices.shape and values.shape[:2] == (3, 7) and indices.dtype == torch.long
-    assert values.shape[-1] == int((f != 0).sum(-1).max())  # threshold-style: K = the widest row
-    assert int((values != 0).sum()) == int((f != 0).sum())  # padding is value 0
-    assert_latents_match(densify(values, indices, D_SAE), ref.reshape(-1, D_SAE), jump.reshape(-1, D_SAE))
-
-    x_hat = sae.decode_sparse(values, indices)
-    np.testing.assert_allclose(_f64(x_hat), ref_decode(ref, w, cfg), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(_f64(sae(x)), ref_decode(ref, w, cfg), rtol=1e-4, atol=1e-4)
-
-    xg = x.clone().requires_grad_()  # the autograd path takes the reference definition
-    fg = sae.encode(xg)
-    assert_latents_match(fg, ref, jump)
-    fg.sum().backward()
-    assert torch.isfinite(xg.grad).all()
-
-    saebench.save_sae(sae, tmp_path / "sae")
-    assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["arch"] == "batchtopk"
-    loaded = saebench.load_sae(tmp_path / "sae")
-    assert type(loaded) is type(sae) and loaded.cfg.k == 4 and loaded.cfg.metadata["format"] == "native"
-    assert loaded.cfg.model_dump(exclude={"metadata"}) == sae.cfg.model_dump(exclude={"metadata"})
-    for name, tensor in sae.weights().items():
-        assert torch.equal(loaded.weights()[name], tensor), name
-    assert torch.equal(loaded.encode(x), f)
-
-
-def test_batchtopk_threshold_shape_and_config_checks(installed):
-    w = batchtopk_weights()
-    sae = saebench.build_sae("batchtopk", {**w, "threshold": torch.tensor([0.25])}, k=4)
-    assert sae.threshold.shape == () and float(sae.threshold) == 0.25
-    with pytest.raises(saebench.CheckpointError, match="threshold has shape"):
-        saebench.build_sae("batchtopk", {**w, "threshold": torch.full((D_SAE,), 0.25)}, k=4)
-    with pytest.raises(saebench.CheckpointError, match="needs k"):
-        saebench.build_sae("batchtopk", w)
-    with pytest.raises(saebench.CheckpointError, match="missing tensor"):
-        saebench.build_sae("batchtopk", {n: t for n, t in w.items() if n != "threshold"}, k=4)
-
-    # dictionary_learning stores θ = -1 before it has been estimated: f is then ReLU(h)
-    neg = {**w, "threshold": torch.tensor(-1.0)}
-    x = torch.randn(20, D_IN, generator=torch.Generator().manual_seed(2))
-    cfg = {"apply_b_dec_to_input": False, "act_scale": 1.0}
-    ref, jump = ref_batchtopk(x, neg, cfg)
-    h = ref_x_prime(x, neg, cfg) @ _f64(neg["W_enc"]) + _f64(neg["b_enc"])
-    np.testing.assert_array_equal(ref, np.maximum(h, 0.0))
-    assert_latents_match(saebench.build_sae("batchtopk", neg, k=4).encode(x), ref, jump)
-
-
-def test_encode_batch_topk_keeps_the_k_times_b_largest(installed):
-    w = batchtopk_weights()
-    k = 5
-    sae = saebench.build_sae("batchtopk", w, k=k)
-    x = torch.randn(2, 6, D_IN, generator=torch.Generator().manual_seed(3))
-    B = 12
-    cfg = {"apply_b_dec_to_input": False, "act_scale": 1.0}
-    relu_h = np.maximum(ref_x_prime(x, w, cfg) @ _f64(w["W_enc"]) + _f64(w["b_enc"]), 0.0).reshape(-1)
-    assert (relu_h > 0).sum() > k * B  # enough positives for the cut to bite
-
-    f = sae.encode_batch_topk(x)
-    assert f.shape == (2, 6, D_SAE)
-    kept = _f64(f).reshape(-1) != 0
-    assert kept.sum() == k * B  # exactly k·B across the batch ...
-    assert (_f64(f).reshape(B, D_SAE) != 0).sum(-1).std() > 0  # ... not k per token
-    assert relu_h[kept].min() >= relu_h[~kept].max() - 1e-5  # and they are the largest
-    np.testing.assert_allclose(_f64(f).reshape(-1)[kept], relu_h[kept], rtol=1e-5, atol=1e-5)
-
-    assert int((sae.encode_batch_topk(x, k=2) != 0).sum()) == 2 * B
-
-    # fewer positives than k·B: every positive entry is kept, nothing else
-    few = {**w, "b_enc": w["b_enc"] - 1.5}
-    relu_few = np.maximum(ref_x_prime(x, few, cfg) @ _f64(few["W_enc"]) + _f64(few["b_enc"]), 0.0).reshape(-1)
-    pre = ref_x_prime(x, few, cfg) @ _f64(few["W_enc"]) + _f64(few["b_enc"])
-    assert 0 < (relu_few > 0).sum() < k * B and (np.abs(pre) > MARGIN).all()
-    f_few = _f64(saebench.build_sae("batchtopk", few, k=k).encode_batch_topk(x)).reshape(-1)
-    np.testing.assert_array_equal(f_few != 0, relu_few > 0)
-    np.testing.assert_allclose(f_few, relu_few, rtol=1e-5, atol=1e-5)
-
-    xg = x.clone().requires_grad_()
-    sae.encode_batch_topk(xg).sum().backward()
-    assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
 
 
 # -- gated -----------------------------------------------------------------------------------------
@@ -401,11 +289,11 @@ def test_broken_plugin_is_reported_and_the_others_still_load(installed, tmp_path
     assert f"failed to load plugin broken_example (saebench-broken-example): {error}" in text.stderr
     assert "broken_example" not in text.stdout
     names = {tuple(line.split()[:2]) for line in text.stdout.splitlines()}
-    assert {("architecture", n) for n in BUILTIN_ARCHS | {"batchtopk", "gated"}} <= names
+    assert {("architecture", n) for n in BUILTIN_ARCHS | {"gated"}} <= names
 
     assert any(f.plugin == "broken_example" and f.error == error for f in registry.failures)
-    assert registry.get("architecture", "batchtopk") is installed.BatchTopKSAE
+    assert registry.get("architecture", "gated") is installed.GatedSAE
     with pytest.raises(saebench.PluginError, match="failed to load: .*broken_example"):
-        registry.get("architecture", "batchtopkk")
+        registry.get("architecture", "gatedd")
 
     assert not [f for f in plugin_manager.get_registry().failures if f.plugin == "broken_example"]  # uninstalled again
