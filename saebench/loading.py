@@ -8,6 +8,7 @@ tensor of the wrong shape, NaN weights, a pickle without permission) becomes a
 
 from __future__ import annotations
 
+import inspect
 import json
 import struct
 import zipfile
@@ -40,7 +41,10 @@ def build_sae(arch: str, weights: Mapping[str, Any], **config: Any) -> SAE:
         config.setdefault("d_in", int(d_in))
         config.setdefault("d_sae", int(d_sae))
     where = config.pop("where", None)
+    take = bool(config.pop("take", False))  # the weights are the caller's to give away (see SAE.from_weights)
     cfg = make_config(dict(config, arch=arch), where=where or "build_sae")
+    if take and "take" in inspect.signature(cls.from_weights).parameters:  # a plugin's override may predate it
+        return cls.from_weights(weights, cfg, where=where, take=True)
     return cls.from_weights(weights, cfg, where=where)
 
 
@@ -227,7 +231,7 @@ def build_checkpoint(
             value = value.T
         weights[ours] = value
     try:
-        return build_sae(arch, weights, where=str(where), **config)
+        return build_sae(arch, weights, where=str(where), take=True, **config)  # a loader's tensors, read just now
     except (ConfigError, PluginError) as exc:  # a config value: name the config file (and the key)
         option = exc.where.split(": ", 1)[1] if exc.where and ": " in exc.where else None
         raise CheckpointError(

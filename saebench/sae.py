@@ -15,6 +15,7 @@ is always correct.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping
@@ -109,8 +110,12 @@ class SAE(nn.Module):
         """Reject configs this architecture cannot run (e.g. TopK without k). Raise CheckpointError."""
 
     @classmethod
-    def from_weights(cls, weights: Mapping[str, Any], cfg: SAEConfig, where: str | None = None) -> SAE:
-        """Build from a mapping of SAELens-named tensors, checking names, shapes and finiteness."""
+    def from_weights(
+        cls, weights: Mapping[str, Any], cfg: SAEConfig, where: str | None = None, *, take: bool = False
+    ) -> SAE:
+        """Build from a mapping of SAELens-named tensors, checking names, shapes and finiteness. ``take``: the
+        tensors are the caller's to give away (a loader's, just read from a file), so the SAE keeps them instead
+        of copying them into weights of its own: one copy of a wide dictionary in memory, not two."""
         where = where or "weights"
         for name, dims in cls.weight_shapes.items():  # before cls(cfg) allocates d_in x d_sae: a config's absurd
             value = weights.get(name)  # d_sae must be a shape error, not a failed (or huge) allocation
@@ -118,7 +123,8 @@ class SAE(nn.Module):
             if isinstance(value, (Tensor, np.ndarray)) and tuple(value.shape) != expected:
                 want = "[" + ", ".join(f"{d}={getattr(cfg, d)}" for d in dims) + "]"
                 raise CheckpointError(f"tensor {name} has shape {list(value.shape)}, expected {want}", where)
-        sae = cls(cfg)  # config problems carry no file: the caller knows which file holds the config
+        with torch.device("meta") if take else contextlib.nullcontext():  # no placeholder weights to overwrite
+            sae = cls(cfg)  # config problems carry no file: the caller knows which file holds the config
         missing = [n for n in cls.weight_shapes if n not in weights]
         if missing:
             raise CheckpointError(f"missing tensor(s) {', '.join(missing)} for a {cls.arch} SAE", where)
@@ -138,7 +144,11 @@ class SAE(nn.Module):
                 if not torch.isfinite(value).all():
                     bad = int((~torch.isfinite(value)).sum())
                     raise CheckpointError(f"tensor {name} has {bad} NaN/Inf value(s)", where)
-                getattr(sae, name).copy_(value)
+                if take:
+                    dtype = DTYPES[cfg.dtype]
+                    setattr(sae, name, nn.Parameter(value.to(dtype).contiguous(), requires_grad=False))
+                else:
+                    getattr(sae, name).copy_(value)
         return sae
 
     def weights(self) -> dict[str, Tensor]:

@@ -74,13 +74,13 @@ class BatchTopKSAE(saebench.SAE):
 
     @classmethod
     def from_weights(
-        cls, weights: Mapping[str, Any], cfg: saebench.SAEConfig, where: str | None = None
+        cls, weights: Mapping[str, Any], cfg: saebench.SAEConfig, where: str | None = None, *, take: bool = False
     ) -> saebench.SAE:
         """Build from SAELens-named weights; ``threshold`` may be shape [] or [1]."""
         theta = weights.get("threshold")
         if theta is not None and tuple(getattr(theta, "shape", ())) == (1,):
             weights = {**weights, "threshold": torch.as_tensor(theta).reshape(())}
-        return super().from_weights(weights, cfg, where)
+        return super().from_weights(weights, cfg, where, take=take)
 
     def _theta(self) -> Tensor:
         # f is a ReLU'd quantity, so a negative θ (dictionary_learning's "not yet estimated" −1) is plain ReLU.

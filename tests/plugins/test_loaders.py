@@ -608,3 +608,40 @@ def test_saelens_itself_agrees(tmp_path, arch, extra):
     torch.testing.assert_close(f, f_lens, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours.decode(f), x_hat_lens, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours(x), x_hat_lens, atol=1e-5, rtol=1e-5)
+
+
+def test_loaders_hand_their_tensors_over_and_build_sae_copies_the_callers():
+    """A loader's freshly read tensors become the SAE's weights (one copy of a wide dictionary in memory,
+    not two); tensors a caller passes to build_sae stay the caller's (the SAE has its own copy)."""
+    from saebench.loading import build_checkpoint, build_sae
+
+    w = {"W_enc": torch.randn(8, 16), "W_dec": torch.randn(16, 8), "b_enc": torch.zeros(16), "b_dec": torch.zeros(8)}
+    taken = build_checkpoint("relu", w, "ckpt")
+    assert taken.W_enc.data_ptr() == w["W_enc"].data_ptr() and taken.W_dec.data_ptr() == w["W_dec"].data_ptr()
+    assert not any(p.is_meta for p in taken.parameters())
+    copied = build_sae("relu", w)
+    assert copied.W_enc.data_ptr() != w["W_enc"].data_ptr()
+    torch.testing.assert_close(copied.W_enc, w["W_enc"])
+    # a float64 file becomes float32 weights either way; a transposed tensor is made contiguous
+    w64 = {k: v.double() for k, v in w.items()}
+    t = build_checkpoint("relu", {**w64, "enc": w64["W_enc"].T.contiguous()}, "ckpt",
+                         names={"W_enc": "enc.T", "W_dec": "W_dec", "b_enc": "b_enc", "b_dec": "b_dec"})
+    assert t.W_enc.dtype == torch.float32 and t.W_enc.is_contiguous()
+    torch.testing.assert_close(t.W_enc, w["W_enc"])
+
+
+def test_an_architecture_whose_from_weights_predates_take_still_loads(monkeypatch):
+    from saebench import loading
+    from saebench.plugins.architectures.relu import ReLUSAE
+
+    class OldStyle(ReLUSAE):
+        @classmethod
+        def from_weights(cls, weights, cfg, where=None):  # a third party's override, without ``take``
+            return super().from_weights(weights, cfg, where)
+
+    real = loading.plugin_manager.get
+    monkeypatch.setattr(loading.plugin_manager, "get", lambda kind, name: OldStyle if name == "relu" else real(kind, name))
+    w = {"W_enc": torch.randn(8, 16), "W_dec": torch.randn(16, 8), "b_enc": torch.zeros(16), "b_dec": torch.zeros(8)}
+    sae = loading.build_checkpoint("relu", w, "ckpt")
+    assert type(sae) is OldStyle and sae.W_enc.data_ptr() != w["W_enc"].data_ptr()
+    torch.testing.assert_close(sae.W_enc, w["W_enc"])
