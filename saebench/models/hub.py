@@ -214,9 +214,13 @@ def directory_file(where: str) -> Path:
 def _releases(file: str, mtime_ns: int) -> Mapping[str, Any]:
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the 1.5 MB file in about a second
+    safe = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader: the 1.5 MB file in about a second
     try:
-        data = yaml.load(Path(file).read_text(), Loader=loader)
+        loader = safe(Path(file).read_text())
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read SAELens's directory ({one_line(exc, 200)})", file) from None
     if isinstance(data, dict) and isinstance(data.get("SAE_LOOKUP"), dict):  # SAELens before 4 nested it
