@@ -14,6 +14,7 @@ import numpy as np
 
 from saebench.compare.similarity import SimilarityResult, compare
 from saebench.run.context import RunContext
+from saebench.run.latents import explain_latents
 from saebench.run.plan import Cell
 from saebench.run.recorder import Results
 from saebench.sae import SAE
@@ -53,8 +54,6 @@ def explanation_similarity(
     """Per A latent, the cosine of the embeddings of its explanation and its match's (NaN where either
     is missing): ``latents`` of A's matched latents, drawn with the SAE's seed, explained by the run's
     rule explainer (the stored explanations where there are, the rest now)."""
-    from saebench.run.latents import explain_latents
-
     spec = ctx.plan.matrix.compare
     assert spec is not None and cell.other is not None
     sims = np.full(sae_a.cfg.d_sae, np.nan)
@@ -63,9 +62,8 @@ def explanation_similarity(
     alive = [i for i in matched if corr is None or np.isfinite(corr[i])]
     pool = alive or matched
     chosen = sorted(random.Random(ctx.plan.saes[cell.sae].seed).sample(pool, min(spec.latents, len(pool))))
-    texts_a = explain_latents(ctx, out, cell.sae, sae_a, ctx.eval_cache(cell.sae), chosen)
-    wanted_b = sorted({int(result.assignment[i]) for i in texts_a})
-    texts_b = explain_latents(ctx, out, cell.other, sae_b, ctx.eval_cache(cell.other), wanted_b)
+    texts_a = _explained(ctx, out, cell.sae, sae_a, chosen)
+    texts_b = _explained(ctx, out, cell.other, sae_b, sorted({int(result.assignment[i]) for i in texts_a}))
     both = [i for i in texts_a if int(result.assignment[i]) in texts_b]
     if both:
         embedder = _embedder(ctx, spec.embedding_model)
@@ -90,6 +88,17 @@ def explanation_similarity(
         ],  # fmt: skip
     }
     return sims, about
+
+
+def _explained(ctx: RunContext, out: Results, name: str, sae: SAE, wanted: list[int]) -> dict[int, str]:
+    """The rule explainer's texts of ``wanted`` latents of SAE ``name``, each latent explained (or found
+    unexplainable) once per run however many pairs ask for it."""
+    memo = ctx.explanations.setdefault(name, {})
+    todo = [j for j in wanted if j not in memo]
+    if todo:
+        texts = explain_latents(ctx, out, name, sae, ctx.eval_cache(name), todo)
+        memo.update({j: texts.get(j) for j in todo})
+    return {j: text for j in wanted if (text := memo[j]) is not None}
 
 
 def _embedder(ctx: RunContext, model: str) -> Any:

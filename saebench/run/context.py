@@ -43,6 +43,8 @@ class RunContext:
         self.contexts: dict[str, torch.Tensor] = {}
         self.loaded: dict[str, SAE] = {}  # checkpoints loaded by the checks, handed to their cells
         self.probe_memo: dict[Path, ProbeData] = {}
+        #: rule-explainer texts made during this run, per SAE (every compare cell with B asks for B's latents)
+        self.explanations: dict[str, dict[int, str | None]] = {}
         self._last: dict[str, tuple[Any, Any]] = {}
 
     @property
