@@ -46,3 +46,12 @@ def tiny_llama(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: for tiny tensors it is as fast, and immune to other processes on the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -32,12 +32,7 @@ ARCHS = ("batchtopk", "matryoshka_batchtopk")
 MARGIN = 1e-4  # a strict comparison whose operands differ by less than this may flip between float32 and float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _f64(t) -> np.ndarray:

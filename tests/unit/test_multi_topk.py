@@ -24,13 +24,7 @@ from saebench.plugins.scorers.reconstruction import ReconstructionScorer
 from saebench.run.matrix import parse_matrix
 from saebench.training import MultiTopK, TrainConfig, TrainState, train_sae
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- the loss --------------------------------------------------------------------------------------

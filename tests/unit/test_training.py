@@ -26,13 +26,7 @@ from saebench.training import GatherPreacts, TrainConfig, TrainState, train_sae
 D_IN, N_DIRS, ACTIVE, NORM = 64, 256, 8, 50.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one thread is as fast, and immune to other processes on the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _planted(n: int, seed: int, dirs: torch.Tensor) -> torch.Tensor:
