@@ -215,7 +215,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model path, hub id, .gguf or embedded:NAME")
     p.add_argument("--adapter", default="hf-causal-lm")
     p.add_argument("--hookpoint", required=True, help="e.g. layers.6")
-    p.add_argument("--arch", required=True, help="relu, topk, jumprelu or a plugin's architecture")
+    p.add_argument(
+        "--arch",
+        required=True,
+        help="relu, topk, jumprelu, batchtopk, matryoshka_batchtopk, gated or a plugin's architecture",
+    )
     p.add_argument("--d-sae", type=int, required=True)
     p.add_argument("--tokens", type=int, required=True, help="training tokens")
     p.add_argument("--k", type=int)

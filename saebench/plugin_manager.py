@@ -37,6 +37,7 @@ DEFAULT_PLUGINS = tuple(
         "architectures.jumprelu",
         "architectures.batchtopk",
         "architectures.matryoshka_batchtopk",
+        "architectures.gated",
         "loaders.native",
         "loaders.saelens",
         "loaders.sparsify",

@@ -1,4 +1,9 @@
-"""TopK SAE (Gao et al. 2024): keep the k largest pre-activations per token, then ReLU."""
+"""TopK SAE (Gao et al. 2024): keep the k largest pre-activations per token, then ReLU.
+
+A trained TopK SAE can be exported as a JumpReLU with one global threshold θ for every latent
+(:meth:`TopKSAE.to_jumprelu`, θ from :func:`topk_threshold`): same weights, f = h·1[h > θ], so
+tokens keep a variable number of latents, k on average over the calibration activations.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,11 @@ import saebench
 from saebench.errors import CheckpointError
 
 if TYPE_CHECKING:
+    from saebench.plugins.architectures.jumprelu import JumpReLUSAE
     from saebench.training import TrainingOutput, TrainState
+
+#: tokens per calibration batch of :func:`topk_threshold` (the trainer's default batch size)
+CALIBRATION_BATCH = 4096
 
 
 def auxk_loss(residual: Tensor, x: Tensor, aux_values: Tensor, aux_indices: Tensor, W_dec: Tensor) -> Tensor:
@@ -26,6 +35,41 @@ def auxk_loss(residual: Tensor, x: Tensor, aux_values: Tensor, aux_indices: Tens
     e_hat = F.embedding_bag(aux_indices, W_dec, per_sample_weights=aux_values.relu(), mode="sum")
     fvu = (e_hat - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-30)
     return fvu * ((x - x.mean(0)).pow(2).sum() / x.shape[0]).detach()
+
+
+def topk_threshold(sae: saebench.SAE, x: Tensor, batch_tokens: int = CALIBRATION_BATCH) -> float:
+    """The global θ that makes a JumpReLU with the TopK SAE's weights keep k latents per token on average.
+
+    Bussmann, Leask and Nanda (2024, arXiv:2412.06410, section 3)'s inference threshold for BatchTopK,
+    θ = E_B[min{f_ij : f_ij > 0}], with f = BatchTopK_k(h) of each batch B: the k·|B| largest ReLU'd
+    pre-activations h = x'·W_enc + b_enc of the batch, all positive ones if fewer. That is, per batch,
+    its (k·|B|)-th largest positive h; θ is the mean over the batches. x [..., d_in] (raw activations,
+    as ``encode`` takes them) is cut into consecutive batches of ``batch_tokens`` tokens; a final
+    shorter batch is left out unless it is the only one. Each batch is a dense [batch_tokens, d_sae]
+    tensor. Batches with no positive pre-activation say nothing about θ and are skipped.
+    """
+    k = sae.cfg.k
+    if k is None:
+        raise saebench.ConfigError(f"a {sae.arch} SAE has no k to calibrate a threshold for")
+    if batch_tokens < 1:
+        raise saebench.ConfigError(f"batch_tokens must be positive, got {batch_tokens}")
+    flat = sae._check_input(x).reshape(-1, sae.cfg.d_in)
+    if flat.shape[0] == 0:
+        raise saebench.DataError("topk_threshold needs at least one calibration token")
+    batches = list(flat.split(batch_tokens))
+    if len(batches) > 1 and batches[-1].shape[0] < batch_tokens:
+        batches.pop()
+    minima = []
+    with torch.no_grad():
+        for xb in batches:
+            acts = sae.pre_acts(xb).relu().reshape(-1)
+            kept = acts.topk(min(k * xb.shape[0], acts.numel()), sorted=False).values
+            kept = kept[kept > 0]
+            if kept.numel():
+                minima.append(float(kept.min().double()))
+    if not minima:
+        raise saebench.DataError("no pre-activation of the calibration tokens is positive: θ is undefined")
+    return sum(minima) / len(minima)
 
 
 class TopKSAE(saebench.SAE):
@@ -44,6 +88,27 @@ class TopKSAE(saebench.SAE):
     def activation(self, h: Tensor) -> Tensor:
         values, indices = h.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(h).scatter(-1, indices, values.relu())
+
+    def to_jumprelu(self, x: Tensor, *, batch_tokens: int = CALIBRATION_BATCH) -> JumpReLUSAE:
+        """A JumpReLU SAE with these weights and θ = :func:`topk_threshold` (x, ``batch_tokens``) for every latent.
+
+        It keeps h·1[h > θ] instead of each token's top k: on the calibration tokens k per token on
+        average (less the one activation equal to θ per batch, the comparison being strict), more
+        for tokens with many large pre-activations, fewer for the others. Where both are active
+        the values agree (both are h). The config is this SAE's with arch ``jumprelu`` and no k;
+        ``metadata["topk_export"]`` records k, θ and the calibration.
+        """
+        from saebench.plugins.architectures.jumprelu import JumpReLUSAE
+
+        theta = topk_threshold(self, x, batch_tokens)
+        tokens = int(self._check_input(x).reshape(-1, self.cfg.d_in).shape[0])
+        export = {"k": self.cfg.k, "threshold": theta, "calibration_tokens": tokens, "batch_tokens": batch_tokens}
+        data = {**self.cfg.model_dump(), "arch": JumpReLUSAE.arch, "k": None}
+        data["metadata"] = {**self.cfg.metadata, "topk_export": export}
+        weights = {**self.weights(), "threshold": torch.full_like(self.b_enc, theta)}
+        sae = JumpReLUSAE.from_weights(weights, saebench.SAEConfig(**data))
+        assert isinstance(sae, JumpReLUSAE)
+        return sae.to(self.W_enc.device)
 
     def training_forward(self, x: Tensor, state: TrainState) -> TrainingOutput:
         """MSE + aux_coefficient·AuxK (+ Multi-TopK's weight·MSE at multiplier·k, if on). Sparse throughout:

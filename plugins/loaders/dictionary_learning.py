@@ -24,7 +24,10 @@ default ``encode``/``decode`` compute it, maps exactly onto ours:
   metadata says so.
 - JumpReluAutoEncoder: ReLU(h·1[h > θ]), f·W_dec + b_dec, no pre-bias: jumprelu, θ < 0 raised to 0.
 
-Refused: GatedAutoEncoder (saebench has no built-in gated architecture), training backups (ae.pt
+- GatedAutoEncoder: 1[π > 0] · ReLU(exp(r_mag) ⊙ encoder(x − decoder_bias) + mag_bias) with π =
+  encoder(x − decoder_bias) + gate_bias (encoder without bias), decoder(f) + decoder_bias: gated.
+
+Refused: training backups (ae.pt
 holding ``step``, ``ae``, ``optimizer``), and other classes. Pickles are read only with
 ``allow_pickle`` (:func:`saebench.loading.read_pickle`).
 """
@@ -53,16 +56,26 @@ CLASSES: dict[str, tuple[str, dict[str, str], bool]] = {
     "BatchTopKSAE": ("jumprelu", {**LINEAR, "b_dec": "b_dec", "threshold": "threshold"}, True),
     "MatryoshkaBatchTopKSAE": ("jumprelu", {**PLAIN, "threshold": "threshold"}, True),
     "JumpReluAutoEncoder": ("jumprelu", {**PLAIN, "threshold": "threshold"}, False),
+    "GatedAutoEncoder": (
+        "gated",
+        {
+            "W_enc": "encoder.weight.T",
+            "b_gate": "gate_bias",
+            "r_mag": "r_mag",
+            "b_mag": "mag_bias",
+            "W_dec": "decoder.weight.T",
+            "b_dec": "decoder_bias",
+        },
+        True,
+    ),  # fmt: skip
 }
 BATCH_TOPK = ("BatchTopKSAE", "MatryoshkaBatchTopKSAE")
-REFUSED = {
-    "GatedAutoEncoder": "a gated SAE (separate gate and magnitude paths); saebench has no built-in gated architecture"
-}
+REFUSED: dict[str, str] = {}
 PROVENANCE = ("trainer_class", "dict_class", "layer", "submodule_name", "lm_name", "activation_dim", "dict_size")
 
 
 class DictionaryLearningLoader(saebench.SAELoader):
-    """dictionary_learning folder: config.json and ae.pt or ae.safetensors (ReLU, TopK, BatchTopK, JumpReLU)."""
+    """dictionary_learning folder: config.json and ae.pt or ae.safetensors (ReLU, TopK, BatchTopK, JumpReLU, Gated)."""
 
     name = "dictionary_learning"
     priority = 5

@@ -11,8 +11,9 @@ Conversions that are exact: SAELens's JumpReLU is ReLU(h)·1[h>θ], ours h·1[h>
 raised to 0; a TopK SAE with ``rescale_acts_by_decoder_norm`` ranks h·‖W_dec,i‖ and decodes
 f/‖W_dec,i‖, which is the plain TopK SAE with W_enc, b_enc scaled by the norms and W_dec rows
 divided by them; an old ``scaling_factor`` (finetuning) multiplies latents before decoding, so it
-is folded into W_dec. Refused: other architectures (gated, transcoders, ...), input
-normalisation other than "none", activation functions other than ReLU and TopK.
+is folded into W_dec. Gated SAEs keep their SAELens weights (W_enc, b_gate, r_mag, b_mag, W_dec,
+b_dec; saebench's ``gated`` is SAELens's definition). Refused: other architectures (transcoders,
+...), input normalisation other than "none", activation functions other than ReLU and TopK.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from saebench import loading
 
 CONFIG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
-ARCHS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+ARCHS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 #: provenance kept in SAEConfig.metadata when the config has it
 PROVENANCE = (
     "sae_lens_version",
@@ -42,7 +43,7 @@ PROVENANCE = (
 
 
 class SAELensLoader(saebench.SAELoader):
-    """SAELens folder: cfg.json and sae_weights.safetensors (standard, topk, jumprelu)."""
+    """SAELens folder: cfg.json and sae_weights.safetensors (standard, topk, jumprelu, gated)."""
 
     name = "saelens"
     priority = 5

@@ -50,7 +50,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     arch: str = Field(
-        description="architecture: relu, topk, jumprelu, batchtopk, matryoshka_batchtopk, or a plugin that implements training_forward"
+        description="architecture: relu, topk, jumprelu, batchtopk, matryoshka_batchtopk, gated, or a plugin that implements training_forward"
     )
     d_sae: PositiveInt
     tokens: PositiveInt = Field(description="training tokens; the data is repeated if it holds fewer")
@@ -60,7 +60,7 @@ class TrainConfig(BaseModel):
     k: PositiveInt | None = Field(
         None, description="TopK: latents kept per token; BatchTopK: the per-token average (k·batch_size per batch)"
     )
-    l1: NonNegativeFloat = Field(5.0, description="ReLU: L1 coefficient (Anthropic's 5 with E‖x‖ = √d_in)")
+    l1: NonNegativeFloat = Field(5.0, description="ReLU and gated: L1 coefficient (Anthropic's 5 with E‖x‖ = √d_in)")
     l0: NonNegativeFloat = Field(1.0, description="JumpReLU: L0 coefficient")
     bandwidth: PositiveFloat = Field(0.05, description="JumpReLU: straight-through estimator bandwidth ε")
     initial_threshold: PositiveFloat = Field(0.001, description="JumpReLU: θ at initialisation")

@@ -3,7 +3,7 @@
 The module fixture pip-installs the example (non-editable, from a copy so the
 source tree gets no build/ or egg-info) into this interpreter's environment and
 uninstalls it afterwards. Numbers are checked against float64 definitions
-written here from ../shared/PEERS.md, sharing no code with the plugin.
+written here from the paper (Taggart 2024, ProLU), sharing no code with the plugin.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import pytest
 import torch
 
 import saebench
+import saebench.kernel
 from saebench import plugin_manager
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "saebench-batchtopk"
 SAEBENCH = Path(sys.executable).parent / "saebench"
 DIST, VERSION, MODULE, ENTRY_POINT = "saebench-batchtopk", "0.1.0", "saebench_batchtopk", "batchtopk"
-BUILTIN_ARCHS = {"relu", "topk", "jumprelu", "batchtopk", "matryoshka_batchtopk"}
+BUILTIN_ARCHS = {"relu", "topk", "jumprelu", "batchtopk", "matryoshka_batchtopk", "gated"}
 
 D_IN, D_SAE = 16, 64
 MARGIN = 1e-4  # a strict comparison whose operands differ by less than this may flip between float32 and float64
@@ -98,12 +99,15 @@ def ref_x_prime(x, w, cfg) -> np.ndarray:
     return x - _f64(w["b_dec"]) if cfg["apply_b_dec_to_input"] else x
 
 
-def ref_gated(x, w, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """(f, gate pre-activation): the gate decides where f jumps."""
-    xp = ref_x_prime(x, w, cfg)
-    gate = xp @ _f64(w["W_enc"]) + _f64(w["b_gate"])
-    magnitude = xp @ (_f64(w["W_enc"]) * np.exp(_f64(w["r_mag"]))[None, :]) + _f64(w["b_mag"])
-    return np.where(gate > 0, np.maximum(magnitude, 0.0), 0.0), gate
+def ref_prolu(x, w, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """(f, jump quantity) of Taggart's ProLU(m, b) = m if m > 0 and m + b > 0, else 0, m = x'·W_enc, b = b_enc.
+
+    The jump quantity is min(m, m + b): f jumps where it crosses 0.
+    """
+    m = ref_x_prime(x, w, cfg) @ _f64(w["W_enc"])
+    b = _f64(w["b_enc"])
+    fires = (m > 0) & (m + b > 0)
+    return np.where(fires, m, 0.0), np.minimum(m, m + b)
 
 
 def ref_decode(f, w, cfg) -> np.ndarray:
@@ -123,15 +127,14 @@ def densify(values, indices, d_sae: int) -> torch.Tensor:
     return torch.zeros(v.shape[0], d_sae, dtype=torch.float64).scatter_add_(1, i, v.double())
 
 
-def gated_weights(seed: int = 0) -> dict[str, torch.Tensor]:
+def prolu_weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Mostly negative biases (they gate), some positive ones (no effect: ProLU ignores b > 0)."""
     g = torch.Generator().manual_seed(seed)
     return {
         "W_enc": torch.randn(D_IN, D_SAE, generator=g) / D_IN**0.5,
         "W_dec": torch.randn(D_SAE, D_IN, generator=g) / D_SAE**0.5,
+        "b_enc": torch.randn(D_SAE, generator=g) * 0.4 - 0.2,
         "b_dec": torch.randn(D_IN, generator=g) * 0.1,
-        "b_gate": torch.randn(D_SAE, generator=g) * 0.2 - 0.1,
-        "r_mag": torch.randn(D_SAE, generator=g) * 0.3,
-        "b_mag": torch.randn(D_SAE, generator=g) * 0.2,
     }
 
 
@@ -145,7 +148,7 @@ CONFIGS = [
 def test_json_listing_has_the_architecture_beside_the_builtins(installed):
     data = _cli_json()
     rows = {(p["kind"], p["name"]): p for p in data["plugins"]}
-    for name, cls in (("gated", installed.GatedSAE),):
+    for name, cls in (("prolu", installed.ProLUSAE),):
         row = rows[("architecture", name)]
         assert (row["source"], row["version"], row["plugin"]) == (DIST, VERSION, ENTRY_POINT)
         assert row["description"] == plugin_manager.describe(cls) != ""
@@ -159,7 +162,7 @@ def test_text_listing_shows_them(installed):
     r = _cli("plugins")
     assert r.returncode == 0
     lines = {tuple(line.split()[:2]): line for line in r.stdout.splitlines()}
-    for name, cls in (("gated", installed.GatedSAE),):
+    for name, cls in (("prolu", installed.ProLUSAE),):
         line = lines[("architecture", name)]
         assert line.split()[2:4] == [DIST, VERSION]
         assert line.endswith(plugin_manager.describe(cls))
@@ -170,12 +173,13 @@ def test_text_listing_shows_them(installed):
 def test_in_process_registry_loads_the_installed_distribution(installed):
     assert not Path(installed.__file__).resolve().is_relative_to(EXAMPLE.resolve()), "imported the source tree, not the install"
     registry = plugin_manager.get_registry()
-    info = registry.info("architecture", "gated")
+    info = registry.info("architecture", "prolu")
     assert (info.source, info.version, info.plugin) == (DIST, VERSION, ENTRY_POINT)
     assert info.obj.__module__ == MODULE
     assert issubclass(info.obj, saebench.SAE)
-    # the package's first name is now a built-in architecture: the example no longer registers it
+    # the package's first two architectures are now built in: the example no longer registers them
     assert registry.info("architecture", "batchtopk").source == "built-in"
+    assert registry.info("architecture", "gated").source == "built-in"
 
 
 def test_load_plugins_env_var_selects_entry_points(installed):
@@ -187,31 +191,34 @@ def test_load_plugins_env_var_selects_entry_points(installed):
 
     only_example = _cli_json(load=f"{ENTRY_POINT}, some-other-plugin")
     assert {(p["name"], p["source"]) for p in only_example["plugins"] if p["source"] != "built-in"} == {
-        ("gated", DIST),
+        ("prolu", DIST),
     }
     assert {(p["kind"], p["name"]) for p in only_example["plugins"] if p["source"] == "built-in"} == builtins
 
 
-# -- gated -----------------------------------------------------------------------------------------
+# -- prolu -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cfg", CONFIGS, ids=["plain", "b_dec+scale"])
-def test_gated_end_to_end(installed, tmp_path, cfg):
-    w = gated_weights()
-    sae = saebench.build_sae("gated", w, **cfg)
-    assert isinstance(sae, installed.GatedSAE)
-    assert set(sae.weights()) == {"W_enc", "W_dec", "b_dec", "b_gate", "r_mag", "b_mag"}
+def test_prolu_end_to_end(installed, tmp_path, cfg, monkeypatch):
+    w = prolu_weights()
+    sae = saebench.build_sae("prolu", w, **cfg)
+    assert isinstance(sae, installed.ProLUSAE)
+    assert set(sae.weights()) == {"W_enc", "W_dec", "b_enc", "b_dec"}
     x = torch.randn(3, 7, D_IN, generator=torch.Generator().manual_seed(1))
-    ref, gate = ref_gated(x, w, cfg)
+    ref, jump = ref_prolu(x, w, cfg)
     assert 0.05 < (ref != 0).mean() < 0.6
+    m = ref_x_prime(x, w, cfg) @ _f64(w["W_enc"])
+    b = _f64(w["b_enc"])
+    assert ((m > 0) & (m + b <= 0)).any() and (b > 0).any()  # the bias gates some latents; positive ones do not
 
     f = sae.encode(x)
     assert f.shape == (3, 7, D_SAE)
-    assert_latents_match(f, ref, gate)
+    assert_latents_match(f, ref, jump)
 
     values, indices = sae.encode_sparse(x)
     assert values.shape == indices.shape and values.shape[:2] == (3, 7)
     assert values.shape[-1] == int((f != 0).sum(-1).max())
     assert int((values != 0).sum()) == int((f != 0).sum())
-    assert_latents_match(densify(values, indices, D_SAE), ref.reshape(-1, D_SAE), gate.reshape(-1, D_SAE))
+    assert_latents_match(densify(values, indices, D_SAE), ref.reshape(-1, D_SAE), jump.reshape(-1, D_SAE))
 
     x_hat = sae.decode_sparse(values, indices)
     np.testing.assert_allclose(_f64(x_hat), ref_decode(ref, w, cfg), rtol=1e-4, atol=1e-4)
@@ -220,9 +227,9 @@ def test_gated_end_to_end(installed, tmp_path, cfg):
 
     xg = x.clone().requires_grad_()
     fg = sae.encode(xg)
-    assert_latents_match(fg, ref, gate)
+    assert_latents_match(fg, ref, jump)
     vg, ig = sae.encode_sparse(xg)
-    assert_latents_match(densify(vg.detach(), ig, D_SAE), ref.reshape(-1, D_SAE), gate.reshape(-1, D_SAE))
+    assert_latents_match(densify(vg.detach(), ig, D_SAE), ref.reshape(-1, D_SAE), jump.reshape(-1, D_SAE))
     fg.sum().backward()
     assert torch.isfinite(xg.grad).all()
 
@@ -234,18 +241,41 @@ def test_gated_end_to_end(installed, tmp_path, cfg):
         assert torch.equal(loaded.weights()[name], tensor), name
     assert torch.equal(loaded.encode(x), f)
 
+    # the fused hooks work on any slice of latents: 64 latents in 4 blocks give the same latents
+    monkeypatch.setattr(saebench.kernel, "MAX_BLOCK_LATENTS", 16)
+    blocked = saebench.build_sae("prolu", w, **cfg)
+    assert len(saebench.kernel.plan_for(blocked).blocks) == 4
+    assert_latents_match(blocked.encode(x), ref, jump)
+    v4, i4 = blocked.encode_sparse(x)
+    assert_latents_match(densify(v4, i4, D_SAE), ref.reshape(-1, D_SAE), jump.reshape(-1, D_SAE))
 
-def test_gated_config_checks(installed):
-    w = gated_weights()
-    with pytest.raises(saebench.CheckpointError, match="no k"):
-        saebench.build_sae("gated", w, k=4)
-    with pytest.raises(saebench.CheckpointError, match="missing tensor.*b_gate"):
-        saebench.build_sae("gated", {n: t for n, t in w.items() if n != "b_gate"})
-    with pytest.raises(saebench.CheckpointError, match="r_mag has shape"):
-        saebench.build_sae("gated", {**w, "r_mag": torch.zeros(D_SAE + 1)})
-    # a SAELens-style state dict may carry other tensors: they are ignored, and there is still no b_enc
-    sae = saebench.build_sae("gated", {**w, "b_enc": torch.zeros(D_SAE)})
-    assert "b_enc" not in dict(sae.named_parameters())
+
+def test_prolu_ignores_positive_biases_and_gates_with_negative_ones(installed):
+    """By hand: W_enc = I, so m = x; b = [−0.5, 0.5, 0]: m = 0.4 is gated off by −0.5, kept at 0.4 (not 0.9) by +0.5."""
+    w = {"W_enc": torch.eye(3), "W_dec": torch.eye(3), "b_enc": torch.tensor([-0.5, 0.5, 0.0]), "b_dec": torch.zeros(3)}
+    sae = saebench.build_sae("prolu", w)
+    x = torch.tensor([[0.4, 0.4, 0.4], [0.6, -0.2, 0.0]])
+    want = [[0.0, 0.4, 0.4], [0.6, 0.0, 0.0]]
+    np.testing.assert_allclose(_f64(sae.encode(x)), want, atol=1e-6)
+    xg = x.clone().requires_grad_()
+    np.testing.assert_allclose(_f64(sae.encode(xg)), want, atol=1e-6)  # the reference path agrees
+    values, indices = sae.encode_sparse(x)
+    np.testing.assert_allclose(_f64(densify(values, indices, 3)), want, atol=1e-6)
+
+
+def test_contributing_prints_the_example_as_it_runs(installed):
+    """CONTRIBUTING.md's worked example, executed as printed, is the example's class (same description, same latents)."""
+    from docs import snippet_module
+
+    doc = snippet_module("## Worked example: `examples/saebench-batchtopk`", "contributing_prolu")
+    assert doc.ProLUSAE.arch == "prolu" and plugin_manager.describe(doc.ProLUSAE) == plugin_manager.describe(installed.ProLUSAE)
+    w, cfg = prolu_weights(seed=2), CONFIGS[1]
+    sae = doc.ProLUSAE.from_weights(w, saebench.SAEConfig(arch="prolu", d_in=D_IN, d_sae=D_SAE, **cfg))
+    x = torch.randn(40, D_IN, generator=torch.Generator().manual_seed(3))
+    ref, jump = ref_prolu(x, w, cfg)
+    assert_latents_match(sae.encode(x), ref, jump)
+    values, indices = sae.encode_sparse(x)
+    assert_latents_match(densify(values, indices, D_SAE), ref, jump)
 
 
 # -- a broken plugin -------------------------------------------------------------------------------
@@ -289,11 +319,11 @@ def test_broken_plugin_is_reported_and_the_others_still_load(installed, tmp_path
     assert f"failed to load plugin broken_example (saebench-broken-example): {error}" in text.stderr
     assert "broken_example" not in text.stdout
     names = {tuple(line.split()[:2]) for line in text.stdout.splitlines()}
-    assert {("architecture", n) for n in BUILTIN_ARCHS | {"gated"}} <= names
+    assert {("architecture", n) for n in BUILTIN_ARCHS | {"prolu"}} <= names
 
     assert any(f.plugin == "broken_example" and f.error == error for f in registry.failures)
-    assert registry.get("architecture", "gated") is installed.GatedSAE
+    assert registry.get("architecture", "prolu") is installed.ProLUSAE
     with pytest.raises(saebench.PluginError, match="failed to load: .*broken_example"):
-        registry.get("architecture", "gatedd")
+        registry.get("architecture", "proluu")
 
     assert not [f for f in plugin_manager.get_registry().failures if f.plugin == "broken_example"]  # uninstalled again

@@ -292,7 +292,7 @@ def test_saelens_old_scaling_factor_is_folded_into_the_decoder(tmp_path):
 @pytest.mark.parametrize(
     "extra,problem",
     [
-        ({"architecture": "gated"}, "architecture 'gated' is not supported"),
+        ({"architecture": "temporal"}, "architecture 'temporal' is not supported"),
         ({"architecture": "transcoder"}, "architecture 'transcoder' is not supported"),
         ({"normalize_activations": "layer_norm"}, "normalize_activations 'layer_norm'"),
         ({"normalize_activations": "expected_average_only_in"}, "normalize_activations 'expected_average_only_in'"),

@@ -1,60 +1,52 @@
-"""A Gated SAE architecture for saebench: the example third-party plugin.
+"""A ProLU SAE architecture for saebench: the example third-party plugin.
 
 Notation as in :mod:`saebench.sae`: x' = s·x − b_dec when ``apply_b_dec_to_input``
-else s·x (s = ``act_scale``), and x̂ = (f·W_dec + b_dec) / s.
+else s·x (s = ``act_scale``), h = x'·W_enc + b_enc, and x̂ = (f·W_dec + b_dec) / s.
 
-The package is still called saebench-batchtopk: it once also registered ``batchtopk``,
-which is now built in (saebench/plugins/architectures/batchtopk.py); the name is kept
-so installs and the entry point ``batchtopk`` keep working.
+The package is still called saebench-batchtopk: it once registered ``batchtopk`` and then
+``gated``, both now built in (saebench/plugins/architectures/); the name is kept so installs
+and the entry point ``batchtopk`` keep working.
 
-- ``gated`` (SAELens names): f = 1[x'·W_enc + b_gate > 0] ⊙ ReLU(x'·(W_enc ⊙ e^r_mag) + b_mag),
-  where e^r_mag scales each latent's column of W_enc. There is no b_enc.
+- ``prolu`` (Taggart 2024, "ProLU: A Nonlinearity for Sparse Autoencoders"), the usual weights
+  W_enc, W_dec, b_enc, b_dec: with m = x'·W_enc, f = ProLU(m, b_enc) = m·1[m > 0 and m + b_enc > 0].
+  The bias only decides whether a latent fires (it suppresses noise), it does not shift the
+  value of an active latent. That is a JumpReLU on m with threshold θ = max(−b_enc, 0): a positive
+  bias has no effect.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import torch
 from torch import Tensor
 
 import saebench
 
 
-class GatedSAE(saebench.SAE):
-    """Gated SAE: f = 1[x'·W_enc + b_gate > 0] ⊙ ReLU(x'·(W_enc ⊙ exp(r_mag)) + b_mag), SAELens weight names."""
+class ProLUSAE(saebench.SAE):
+    """ProLU SAE: f = m·1[m > 0 and m + b_enc > 0], m = x'·W_enc (the bias gates, it does not shift)."""
 
-    arch = "gated"
-    # No b_enc: the gate and the magnitude path each have their own bias.
-    weight_shapes: ClassVar[dict[str, tuple[str, ...]]] = {
-        "W_enc": ("d_in", "d_sae"),
-        "W_dec": ("d_sae", "d_in"),
-        "b_dec": ("d_in",),
-        "b_gate": ("d_sae",),
-        "r_mag": ("d_sae",),
-        "b_mag": ("d_sae",),
-    }
-
-    def validate_config(self, cfg: saebench.SAEConfig) -> None:
-        if cfg.k is not None:
-            raise saebench.CheckpointError("a gated SAE has no k; remove it from the config")
-
-    # The shared projection h = x'·W_enc is this architecture's "pre-activation": both paths are
-    # affine in it (x'·(W_enc ⊙ e^r) = h ⊙ e^r), so one GEMM serves both. The kernel's generic path
-    # is used unchanged: its fused GEMM adds the bias from fused_epilogue (zero here; it folds b_dec in
-    # itself), then calls activation() on each chunk.
-    def pre_acts(self, x: Tensor) -> Tensor:
-        return self.prepare_input(x) @ self.W_enc
+    arch = "prolu"
+    sparse_from_relu = True  # active exactly where the fused GEMM's ReLU output is > 0 (see below)
+    latent_blocks = True
 
     def activation(self, h: Tensor) -> Tensor:
-        gate = (h + self.b_gate) > 0
-        magnitude = torch.relu(h * self.r_mag.exp() + self.b_mag)
-        return magnitude * gate.to(magnitude.dtype)
+        m = h - self.b_enc  # h = m + b_enc, the base class's pre-activation
+        return m * ((m > 0) & (h > 0)).to(m.dtype)
+
+    # ProLU fires where m > θ with θ = max(−b_enc, 0), i.e. where ReLU(x'·W_enc − θ) > 0: the kernel's
+    # fused GEMM with bias −θ finds the active latents, and adding θ back to the survivors gives m.
+    def _theta(self) -> Tensor:
+        return (-self.b_enc).clamp(min=0)
 
     def fused_epilogue(self) -> tuple[Tensor, str]:
-        return torch.zeros_like(self.b_gate), "none"
+        return -self._theta(), "relu"
+
+    def finish_dense(self, g: Tensor, latents: slice) -> Tensor:
+        return g.addcmul_(self._theta()[latents].to(g.dtype), g.sign())
+
+    def finish_sparse(self, values: Tensor, latents: Tensor) -> Tensor:
+        return values + self._theta().to(values.dtype)[latents]
 
 
 @saebench.hookimpl
 def register_architectures(register):
-    register(GatedSAE)
+    register(ProLUSAE)
