@@ -77,12 +77,21 @@ class ModelAdapter(ABC):
         """Activations [batch, seq, d] (float32, CPU) at each hook point; stops after the deepest one."""
 
     @abstractmethod
-    def logits(self, tokens: Tensor, replace: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
+    def logits(
+        self, tokens: Tensor, replace: Mapping[str, Callable[[Tensor], Tensor]] | None = None, resume: Any = None
+    ) -> Tensor:
         """Logits [batch, seq, vocab] (float32, CPU), with each named hook point's output replaced by
         ``replace[hookpoint](output)`` (e.g. an SAE's reconstruction). Each function is called exactly
         once per call, with the full [batch, seq, d] float32 CPU tensor aligned with ``tokens``.
         Logits are batch × seq × vocab floats (1 GB at 8×128 tokens for a 262k vocabulary): callers
-        keep batches small."""
+        keep batches small. ``resume`` (only ever passed when :meth:`resume_state` gave one for these
+        tokens) starts the forward at that state's block; the replaced hook points lie at or after it."""
+
+    def resume_state(self, tokens: Tensor, hookpoint: str) -> Any | None:
+        """What ``logits(tokens, resume=...)`` needs to rerun ``tokens`` from the block of ``hookpoint`` on
+        (e.g. that block's input), or None when this adapter cannot skip the blocks before it: callers
+        then run full forwards. Several SAEs spliced in at one hook point share one prefix this way."""
+        return None
 
 
 class DataSource(ABC):
@@ -148,7 +157,9 @@ class EvalInputs:
     already removed, in a fixed order; each call starts again from the first token.
     ``tokens`` are the evaluation contexts [n_contexts, context_length] those activations came
     from (may be empty for scorers that need only activations); ``adapter`` is the loaded model,
-    set only for scorers with ``needs_model`` (downstream loss).
+    set only for scorers with ``needs_model`` (downstream loss). For a transcoder (``sae.transcode``)
+    ``hookpoint_out`` is the hook point it writes and ``targets(batch_tokens)`` yields the activations
+    there, row for row the tokens of ``activations`` (None for an SAE).
     """
 
     hookpoint: str
@@ -165,6 +176,8 @@ class EvalInputs:
     #: [n_tokens] int64: the context (row of ``tokens``) each activation row comes from, in the order
     #: ``activations`` yields them; what token-averaged metrics resample over (see saebench.uncertainty)
     token_contexts: Tensor | None = None
+    hookpoint_out: str | None = None
+    targets: Callable[[int], Iterator[Tensor]] | None = None
 
     def model(self, scorer: str) -> ModelAdapter:
         """The loaded model, for a scorer with ``needs_model``; ConfigError when none was given."""
@@ -202,6 +215,8 @@ class Scorer(ABC):
     needs_model: ClassVar[bool] = False
     #: whether score() reads inputs.explain (rules named from the run's explainer)
     uses_explanations: ClassVar[bool] = False
+    #: whether score() evaluates transcoders correctly (inputs.hookpoint_out, inputs.targets); runs refuse the rest
+    handles_transcoders: ClassVar[bool] = False
     #: the metrics the report draws and a reader looks at first (see Metric)
     headline: ClassVar[tuple[Metric, ...]] = ()
     Options: ClassVar[type[Options]] = Options
@@ -212,6 +227,13 @@ class Scorer(ABC):
     @abstractmethod
     def score(self, sae: SAE, inputs: EvalInputs) -> ScoreResult:
         """Score ``sae``; metric names are short (``l0``), the runner prefixes the scorer's name."""
+
+    def score_many(self, saes: Sequence[SAE], inputs: Sequence[EvalInputs]) -> list[ScoreResult]:
+        """Score several SAEs of one model on the same evaluation tokens (``inputs[i]`` is ``saes[i]``'s;
+        hook points may differ). A scorer whose SAEs can share work overrides this (the downstream
+        scorer runs the clean and ablated model once for all of them); the runner then hands it
+        every pending SAE of a model at once. Each result must equal ``score`` on that SAE alone."""
+        return [self.score(sae, one) for sae, one in zip(saes, inputs, strict=True)]
 
 
 @dataclass
@@ -240,6 +262,7 @@ class InterpScorer(Scorer):
 
     family: ClassVar[Literal["intrinsic", "interp", "probe"]] = "interp"
     needs_llm: ClassVar[bool] = True
+    handles_transcoders: ClassVar[bool] = True  # latent records are the latents of the hook point read
 
     def check_llm(self, client: LLMClient) -> None:
         """Raise ConfigError when ``client`` cannot serve this scorer (checked before any work)."""

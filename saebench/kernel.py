@@ -23,6 +23,7 @@ uses; prepared weights are cached here per SAE object, and rebuilt when a weight
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -59,6 +60,8 @@ _TILE_ELEMENTS = 6 * 2**20
 MAX_BLOCK_LATENTS = 32768
 #: on GPUs a tile may be much larger (~1 GiB of fp32)
 _GPU_TILE_ELEMENTS = 2**28
+#: a part of encode_sparse_parts may pad to this many slots (3 MiB of values and indices) beyond 2 × its non-zeros
+PART_SLOTS = 1 << 18
 
 
 def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
@@ -224,16 +227,7 @@ def encode_sparse(
     plan = plan_for(sae, compute_dtype)
     n = x.shape[0]
     dtype = sae.W_enc.dtype
-    finish = sae.finish_sparse if sae.sparse_from_relu else None
-    parts = []
-    for s in _chunks(n, plan.chunk):
-        row = []
-        for b in plan.blocks:
-            g = plan.linear(x[s], b)
-            if not sae.sparse_from_relu:
-                g = sae.finish_dense(g, slice(b.lo, b.hi))
-            row.append(pack_nonzero(g, k_max, finish, dtype, offset=b.lo))
-        parts.append(row[0] if len(row) == 1 else merge_packed(row, k_max))
+    parts = [_pack(*_nonzeros(sae, plan, x[s]), s.stop - s.start, k_max, dtype) for s in _chunks(n, plan.chunk)]
     width = max((p[0].shape[1] for p in parts), default=0)
     values = torch.zeros(n, width, dtype=dtype, device=x.device)
     indices = torch.zeros(n, width, dtype=torch.long, device=x.device)
@@ -243,30 +237,73 @@ def encode_sparse(
     return values, indices
 
 
-def pack_nonzero(
-    g: Tensor, k_max: int | None = None, finish=None, dtype: torch.dtype | None = None, offset: int = 0
-) -> tuple[Tensor, Tensor]:
+def encode_sparse_parts(
+    sae: Fusable, x: Tensor, slots: int | None = None, compute_dtype: torch.dtype | None = None
+) -> Iterator[tuple[slice, Tensor, Tensor]]:
+    """:func:`encode_sparse` of x [N, d_in] as (rows, values, indices) of consecutive row ranges covering x.
+
+    Each part is padded to its own widest row and holds at most max(``slots``, 2 × its non-zeros)
+    entries (default ``PART_SLOTS``; see :func:`split_rows`), so a token that fires many latents
+    widens only its own part: memory is bounded by a chunk's non-zeros, not N × the largest K.
+    A row's entries are those of encode_sparse(x), bit for bit, less padding. TopK-style SAEs
+    (k entries per row) give one part.
+    """
+    if sae.topk_per_token:
+        yield slice(0, x.shape[0]), *encode_topk(sae, x, sae.cfg.k, compute_dtype=compute_dtype)
+        return
+    plan = plan_for(sae, compute_dtype)
+    for s in _chunks(x.shape[0], plan.chunk):
+        rows, latents, vals = _nonzeros(sae, plan, x[s])
+        counts = torch.bincount(rows, minlength=s.stop - s.start)
+        ends = [0, *torch.cumsum(counts, 0).tolist()]
+        for a, b in split_rows(counts.tolist(), slots or PART_SLOTS):
+            e = slice(ends[a], ends[b])
+            values, indices = _pack(rows[e] - a, latents[e], vals[e], b - a, None, sae.W_enc.dtype)
+            yield slice(s.start + a, s.start + b), values, indices
+
+
+def split_rows(counts: list[int], slots: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges [a, b) covering rows with ``counts`` non-zeros, greedily as long as possible
+    with (b − a)·max(counts[a:b]) ≤ max(slots, 2·sum(counts[a:b])): padded size within twice the
+    non-zeros (or ``slots``). A range of one row always qualifies."""
+    ranges, start, width, total = [], 0, 0, 0
+    for i, c in enumerate(counts):
+        w, t = max(width, c), total + c
+        if i > start and (i + 1 - start) * w > max(slots, 2 * t):
+            ranges.append((start, i))
+            start, w, t = i, c, c
+        width, total = w, t
+    return ranges + [(start, len(counts))] if counts else ranges
+
+
+def _nonzeros(sae: Fusable, plan: EncoderPlan, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(row, latent, value) of every active latent of one chunk x, by row, each row's latents ascending."""
+    found = []
+    for b in plan.blocks:
+        g = plan.linear(x, b)
+        if not sae.sparse_from_relu:
+            g = sae.finish_dense(g, slice(b.lo, b.hi))
+        rows, cols = (g != 0).nonzero(as_tuple=True)  # row-major: each row's latents ascending
+        vals, cols = g[rows, cols], cols + b.lo
+        if sae.sparse_from_relu:
+            vals = sae.finish_sparse(vals, cols)
+        found.append((rows, cols, vals.to(sae.W_enc.dtype)))
+    if len(found) == 1:
+        return found[0]
+    rows, cols, vals = (torch.cat(t) for t in zip(*found))
+    keep = (vals != 0).nonzero().squeeze(1)  # across blocks a value finished (or rounded) to 0 is dropped
+    keep = keep[torch.argsort(rows[keep], stable=True)]  # blocks ascend, so a stable sort keeps latents ascending
+    return rows[keep], cols[keep], vals[keep]
+
+
+def pack_nonzero(g: Tensor, k_max: int | None = None) -> tuple[Tensor, Tensor]:
     """Rows of (values, indices) holding the non-zeros of g [N, width] in ascending latent order.
 
     Rows with fewer non-zeros than the widest are padded with value 0 at index 0. With ``k_max``,
-    rows keep their ``k_max`` largest-magnitude entries. Column j of g is latent ``offset + j``;
-    ``finish(values, latents)`` maps the raw non-zero values to latent values (the fused
-    JumpReLU adds θ back).
+    rows keep their ``k_max`` largest-magnitude entries.
     """
-    rows, cols = (g != 0).nonzero(as_tuple=True)  # row-major: each row's latents ascending
-    vals = g[rows, cols]
-    if offset:
-        cols = cols + offset
-    if finish is not None:
-        vals = finish(vals, cols)
-    return _pack(rows, cols, vals, g.shape[0], k_max, dtype or g.dtype)
-
-
-def merge_packed(parts: list[tuple[Tensor, Tensor]], k_max: int | None = None) -> tuple[Tensor, Tensor]:
-    """One packed (values, indices) from several packed over disjoint latent blocks of the same rows."""
-    values, indices = torch.cat([v for v, _ in parts], 1), torch.cat([i for _, i in parts], 1)
-    rows, pos = (values != 0).nonzero(as_tuple=True)
-    return _pack(rows, indices[rows, pos], values[rows, pos], values.shape[0], k_max, values.dtype)
+    rows, cols = (g != 0).nonzero(as_tuple=True)
+    return _pack(rows, cols, g[rows, cols], g.shape[0], k_max, g.dtype)
 
 
 def _pack(rows: Tensor, latents: Tensor, vals: Tensor, n_rows: int, k_max: int | None, dtype: torch.dtype):

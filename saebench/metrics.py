@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from saebench import kernel
 from saebench.errors import ShapeError
 from saebench.interfaces import EvalInputs
 from saebench.options import Options
@@ -27,24 +28,30 @@ class StreamOptions(Options):
 
 
 def activation_batches(
-    sae: SAE, inputs: EvalInputs, batch_tokens: int, max_tokens: int | None = None
+    sae: SAE, inputs: EvalInputs, batch_tokens: int, max_tokens: int | None = None, *, targets: bool = False
 ) -> Iterator[Tensor]:
     """The evaluation activations [n, d_in] in batches of (about) ``batch_tokens``, at most ``max_tokens`` in all.
 
-    Empty batches are skipped; a batch of the wrong width raises ShapeError naming the hook point.
+    Empty batches are skipped; a batch of the wrong width raises ShapeError naming the hook point. ``targets``:
+    what the SAE's output is compared with instead, batch for batch: a transcoder's ``inputs.targets``
+    [n, d_out], an SAE's activations themselves.
     """
     seen = 0
-    it = inputs.activations(batch_tokens)
+    hookpoint, width, stream = inputs.hookpoint, sae.cfg.d_in, inputs.activations
+    if targets and (inputs.targets is not None or sae.is_transcoder):
+        if inputs.targets is None:
+            raise ShapeError("a transcoder is compared with the activations it writes: inputs.targets is None")
+        hookpoint, width, stream = str(inputs.hookpoint_out), sae.d_out, inputs.targets
+    it = stream(batch_tokens)
     try:
         for x in it:
             if max_tokens is not None:
                 if seen >= max_tokens:
                     break
                 x = x[: max_tokens - seen]
-            if x.ndim != 2 or x.shape[1] != sae.cfg.d_in:
+            if x.ndim != 2 or x.shape[1] != width:
                 raise ShapeError(
-                    f"activations at {inputs.hookpoint} have shape {list(x.shape)}, "
-                    f"the SAE expects [tokens, {sae.cfg.d_in}]"
+                    f"activations at {hookpoint} have shape {list(x.shape)}, the SAE expects [tokens, {width}]"
                 )
             if x.shape[0] == 0:
                 continue
@@ -58,14 +65,23 @@ def activation_batches(
 
 def encoded_batches(
     sae: SAE, inputs: EvalInputs, batch_tokens: int, max_tokens: int | None = None
-) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """(x, values, indices) per batch: x [n, d_in] as given, and ``sae.encode_sparse(x)`` (the fast kernel).
+) -> Iterator[tuple[Tensor, Iterator[tuple[slice, Tensor, Tensor]]]]:
+    """(x, parts) per batch: x [n, d_in] as given, and its :func:`sparse_parts` (use them before the next batch).
 
     Call under ``torch.no_grad()`` (the scorers' ``score`` is decorated with it) so the kernel runs.
     """
     for x in activation_batches(sae, inputs, batch_tokens, max_tokens):
-        values, indices = sae.encode_sparse(x)
-        yield x, values, indices
+        yield x, sparse_parts(sae, x)
+
+
+def sparse_parts(sae: SAE, x: Tensor) -> Iterator[tuple[slice, Tensor, Tensor]]:
+    """``sae.encode_sparse(x)`` (x [n, d_in]) as (rows, values, indices) of consecutive row ranges, each
+    padded to its own widest row (:func:`saebench.kernel.encode_sparse_parts`): one token that fires
+    thousands of latents no longer pads a whole batch. With autograd on, one part: encode_sparse's."""
+    if torch.is_grad_enabled():
+        yield slice(0, x.shape[0]), *sae.encode_sparse(x)
+    else:
+        yield from kernel.encode_sparse_parts(sae, x.to(sae.W_enc.device))
 
 
 class ContextSums:

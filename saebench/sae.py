@@ -5,6 +5,12 @@ Notation (../shared/PEERS.md): x [..., d_in]; x' = s·x − b_dec when
 trained on rescaled inputs); pre-activations h = x'·W_enc + b_enc; latents
 f = activation(h); reconstruction x̂ = (f·W_dec + b_dec) / s.
 
+Transcoders (``cfg.d_out`` set) read one hook point and write another: the same encoder, W_dec
+[d_sae, d_out], b_dec [d_out]; a skip transcoder (``cfg.skip``) adds x·W_skip, W_skip [d_in, d_out]
+(Gemma Scope 2's ``affine_skip_connection``; SAELens keeps its transpose): y = f·W_dec + b_dec + x·W_skip
+is :meth:`SAE.transcode`, :meth:`SAE.decode` the part without the skip. No pre-encoder bias (b_dec
+is in the output space) and no ``act_scale`` (one scale cannot fit two hook points).
+
 Architectures subclass :class:`SAE`, set ``arch`` and implement
 :meth:`activation` (the float64-checkable definition). The fast paths in
 :mod:`saebench.kernel` use three optional hooks an architecture may override
@@ -23,13 +29,15 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_serializer, model_validator
 from torch import Tensor, nn
 
 from saebench import kernel
 from saebench.errors import CheckpointError, ConfigError, ShapeError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: transcoders' fields, left out of a dumped config at their defaults: an SAE's dump is what it always was
+TRANSCODER_FIELDS = {"d_out": None, "skip": False, "hook_name_out": None}
 
 
 class SAEConfig(BaseModel):
@@ -49,6 +57,22 @@ class SAEConfig(BaseModel):
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="provenance: source format, path, training stats"
     )
+    d_out: PositiveInt | None = Field(None, description="transcoders: width of the output; None for an SAE")
+    skip: bool = Field(False, description="skip transcoders: the output adds x·W_skip, W_skip [d_in, d_out]")
+    hook_name_out: str | None = Field(None, description="transcoders: hook point the output was trained on, if known")
+
+    @model_validator(mode="after")
+    def _transcoder(self) -> SAEConfig:
+        if self.d_out is None and (self.skip or self.hook_name_out is not None):
+            raise ValueError("d_out: a transcoder (skip or hook_name_out given) needs its output width")
+        if self.d_out is not None and (self.apply_b_dec_to_input or self.act_scale != 1.0):
+            raise ValueError("a transcoder has no apply_b_dec_to_input and no act_scale (see saebench.sae)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_transcoder_defaults(self, handler: Any) -> Any:
+        data = handler(self)
+        return {k: v for k, v in data.items() if k not in TRANSCODER_FIELDS or v != TRANSCODER_FIELDS[k]}
 
     @field_validator("metadata")
     @classmethod
@@ -71,18 +95,20 @@ class SAE(nn.Module):
     """Base class of every SAE architecture. Subclasses set ``arch`` and implement :meth:`activation`."""
 
     arch: ClassVar[str] = ""
-    #: weight name -> shape in terms of the config ("d_in", "d_sae"); subclasses extend it
+    #: weight name -> shape in terms of the config ("d_in", "d_sae", "d_out": d_in for an SAE); subclasses
+    #: extend it. An architecture whose W_dec is not [d_sae, d_out] has no transcoders.
     weight_shapes: ClassVar[dict[str, tuple[str, ...]]] = {
         "W_enc": ("d_in", "d_sae"),
-        "W_dec": ("d_sae", "d_in"),
+        "W_dec": ("d_sae", "d_out"),
         "b_enc": ("d_sae",),
-        "b_dec": ("d_in",),
+        "b_dec": ("d_out",),
     }
     # the weights named in weight_shapes, registered as parameters in __init__ (declared for type checkers)
     W_enc: Tensor
     W_dec: Tensor
     b_enc: Tensor
     b_dec: Tensor
+    W_skip: Tensor  # skip transcoders only
     #: True when latent i is active exactly where the fused GEMM output is > 0 (see fused_epilogue)
     sparse_from_relu: ClassVar[bool] = False
     #: True when every token keeps exactly ``cfg.k`` latents (TopK); then the kernel runs a per-chunk
@@ -97,15 +123,22 @@ class SAE(nn.Module):
         if cfg.arch != self.arch:
             raise CheckpointError(f"config says arch {cfg.arch!r} but {type(self).__name__} is {self.arch!r}")
         self.cfg = cfg
+        if cfg.d_out is not None and self.weight_shapes.get("W_dec") != ("d_sae", "d_out"):
+            raise CheckpointError(f"a {self.arch} SAE cannot be a transcoder (its W_dec is not [d_sae, d_out])")
         self.validate_config(cfg)
         dtype = DTYPES[cfg.dtype]
-        for name, dims in self.weight_shapes.items():
-            shape = tuple(getattr(cfg, d) for d in dims)
+        for name, dims in self.shapes(cfg).items():
+            shape = tuple(_size(cfg, d) for d in dims)
             self.register_parameter(name, nn.Parameter(torch.zeros(shape, dtype=dtype), requires_grad=False))
         #: tokens per chunk for the CPU kernel; None picks one from d_sae
         self.chunk_tokens: int | None = None
 
     # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def shapes(cls, cfg: SAEConfig) -> dict[str, tuple[str, ...]]:
+        """The weights an SAE of this config has: ``weight_shapes``, and W_skip [d_in, d_out] for a skip transcoder."""
+        return {**cls.weight_shapes, "W_skip": ("d_in", "d_out")} if cfg.skip else dict(cls.weight_shapes)
+
     def validate_config(self, cfg: SAEConfig) -> None:
         """Reject configs this architecture cannot run (e.g. TopK without k). Raise CheckpointError."""
 
@@ -117,27 +150,28 @@ class SAE(nn.Module):
         tensors are the caller's to give away (a loader's, just read from a file), so the SAE keeps them instead
         of copying them into weights of its own: one copy of a wide dictionary in memory, not two."""
         where = where or "weights"
-        for name, dims in cls.weight_shapes.items():  # before cls(cfg) allocates d_in x d_sae: a config's absurd
+        shapes = cls.shapes(cfg)
+        for name, dims in shapes.items():  # before cls(cfg) allocates d_in x d_sae: a config's absurd
             value = weights.get(name)  # d_sae must be a shape error, not a failed (or huge) allocation
-            expected = tuple(getattr(cfg, d) for d in dims)
+            expected = tuple(_size(cfg, d) for d in dims)
             if isinstance(value, (Tensor, np.ndarray)) and tuple(value.shape) != expected:
-                want = "[" + ", ".join(f"{d}={getattr(cfg, d)}" for d in dims) + "]"
+                want = _want(cfg, dims)
                 raise CheckpointError(f"tensor {name} has shape {list(value.shape)}, expected {want}", where)
         with torch.device("meta") if take else contextlib.nullcontext():  # no placeholder weights to overwrite
             sae = cls(cfg)  # config problems carry no file: the caller knows which file holds the config
-        missing = [n for n in cls.weight_shapes if n not in weights]
+        missing = [n for n in shapes if n not in weights]
         if missing:
             raise CheckpointError(f"missing tensor(s) {', '.join(missing)} for a {cls.arch} SAE", where)
         with torch.no_grad():
-            for name, dims in cls.weight_shapes.items():
+            for name, dims in shapes.items():
                 value = weights[name]
                 if not isinstance(value, (Tensor, np.ndarray)):
                     raise CheckpointError(f"{name} is a {type(value).__name__}, expected a tensor", where)
                 value = torch.as_tensor(value)
-                expected = tuple(getattr(cfg, d) for d in dims)
+                expected = tuple(_size(cfg, d) for d in dims)
                 if tuple(value.shape) != expected:
                     got = list(value.shape)
-                    want = "[" + ", ".join(f"{d}={getattr(cfg, d)}" for d in dims) + "]"
+                    want = _want(cfg, dims)
                     raise CheckpointError(f"tensor {name} has shape {got}, expected {want}", where)
                 if not value.is_floating_point():
                     raise CheckpointError(f"tensor {name} has dtype {value.dtype}, expected a float", where)
@@ -152,8 +186,30 @@ class SAE(nn.Module):
         return sae
 
     def weights(self) -> dict[str, Tensor]:
-        """The SAELens-named tensors (what :func:`saebench.build_sae` takes back)."""
-        return {n: getattr(self, n).detach() for n in self.weight_shapes}
+        """The SAELens-named tensors (what :func:`saebench.build_sae` takes back); W_skip for a skip transcoder."""
+        return {n: getattr(self, n).detach() for n in self.shapes(self.cfg)}
+
+    # -- transcoders ----------------------------------------------------------------------------
+    @property
+    def is_transcoder(self) -> bool:
+        """Whether it writes another hook point than it reads (``cfg.d_out`` is set)."""
+        return self.cfg.d_out is not None
+
+    @property
+    def d_out(self) -> int:
+        """Width of :meth:`decode`'s and :meth:`transcode`'s output: ``cfg.d_out``, d_in for an SAE."""
+        return self.cfg.d_out or self.cfg.d_in
+
+    def skip_connection(self, x: Tensor) -> Tensor | None:
+        """x·W_skip [..., d_out] of a skip transcoder's input x [..., d_in]; None when there is no skip."""
+        if not self.cfg.skip:
+            return None
+        return self._check_input(x).to(self.W_skip.dtype) @ self.W_skip
+
+    def transcode(self, x: Tensor) -> Tensor:
+        """y [..., d_out] = f·W_dec + b_dec (+ x·W_skip) of x [..., d_in]: what replaces the activations of the hook
+        point a transcoder writes, x read where it reads in the same forward; for an SAE, ``sae(x)``."""
+        return self.forward(x)
 
     # -- the definition (reference path, differentiable) ---------------------------------------
     def activation(self, h: Tensor) -> Tensor:
@@ -239,26 +295,29 @@ class SAE(nn.Module):
         return values.view(*lead, values.shape[-1]), indices.view(*lead, indices.shape[-1])
 
     def decode(self, f: Tensor) -> Tensor:
-        """Reconstruction from dense latents f [..., d_sae]."""
+        """Reconstruction [..., d_out] from dense latents f [..., d_sae] (a transcoder's output without its skip)."""
         if f.shape[-1] != self.cfg.d_sae:
             raise ShapeError(f"{self.arch} SAE decodes latents [..., {self.cfg.d_sae}], got {list(f.shape)}")
         x_hat = f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
         return x_hat / self.cfg.act_scale if self.cfg.act_scale != 1.0 else x_hat
 
     def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
-        """Reconstruction from (values, indices) [..., K] as returned by :meth:`encode_sparse`."""
+        """Reconstruction [..., d_out] from (values, indices) [..., K] as returned by :meth:`encode_sparse`."""
         if values.shape != indices.shape:
             raise ShapeError(f"values {list(values.shape)} and indices {list(indices.shape)} differ in shape")
         lead = values.shape[:-1]
         n, k = math.prod(lead), values.shape[-1]  # explicit sizes: K may be 0 (no latent active anywhere)
         flat = kernel.decode_sparse(self, values.reshape(n, k), indices.reshape(n, k))
-        return flat.view(*lead, self.cfg.d_in)
+        return flat.view(*lead, self.d_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Reconstruction x̂ of x [..., d_in]."""
+        """Reconstruction x̂ of x [..., d_in]; a transcoder's output, skip included (see :meth:`transcode`)."""
         if self._needs_grad(x):
-            return self.decode(self.encode_reference(self._check_input(x)))
-        return self.decode_sparse(*self.encode_sparse(x))
+            out = self.decode(self.encode_reference(self._check_input(x)))
+        else:
+            out = self.decode_sparse(*self.encode_sparse(x))
+        skip = self.skip_connection(x)
+        return out if skip is None else out + skip.to(out.device)
 
     # -- training (saebench.training) ---------------------------------------------------------
     def training_forward(self, x: Tensor, state: Any) -> Any:
@@ -267,4 +326,16 @@ class SAE(nn.Module):
 
     def extra_repr(self) -> str:
         k = f", k={self.cfg.k}" if self.cfg.k else ""
-        return f"arch={self.arch}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{k}"
+        out = f", d_out={self.cfg.d_out}" + (", skip" if self.cfg.skip else "") if self.is_transcoder else ""
+        return f"arch={self.arch}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{out}{k}"
+
+
+def _size(cfg: SAEConfig, dim: str) -> int:
+    """A weight dimension's size: a config field, "d_out" being d_in for an SAE."""
+    return int(cfg.d_out or cfg.d_in) if dim == "d_out" else int(getattr(cfg, dim))
+
+
+def _want(cfg: SAEConfig, dims: tuple[str, ...]) -> str:
+    """A shape as errors name it ("[d_sae=64, d_in=32]"): an SAE's output width is its d_in."""
+    label = {"d_out": "d_out" if cfg.d_out is not None else "d_in"}
+    return "[" + ", ".join(f"{label.get(d, d)}={_size(cfg, d)}" for d in dims) + "]"

@@ -63,7 +63,7 @@ from torch import Tensor
 
 import saebench
 from saebench.errors import ConfigError, ShapeError
-from saebench.metrics import activation_batches
+from saebench.metrics import activation_batches, sparse_parts
 from saebench.uncertainty import mean_units
 
 QUANTILES = {"min": 0.0, "p10": 0.1, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p90": 0.9, "max": 1.0}
@@ -88,6 +88,8 @@ class AblationSparsityScorer(saebench.Scorer):
 
     @torch.no_grad()
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
+        if sae.is_transcoder or inputs.hookpoint_out is not None:  # it ablates at the hook point read, not written
+            raise ConfigError("ablation_sparsity does not evaluate transcoders", f"scorer {self.name}")
         opts = self.options
         adapter = inputs.model(self.name)
         tokens = inputs.tokens
@@ -187,15 +189,15 @@ class AblationSparsityScorer(saebench.Scorer):
         found_rows, found_latents = [], []
         seen = 0
         for x in activation_batches(sae, inputs, self.options.batch_tokens, max_tokens=where.shape[0]):
-            vals, idx = sae.encode_sparse(x)
-            vals, idx = vals.cpu(), idx.cpu()
-            active = (vals != 0) & eligible[seen : seen + x.shape[0], None]
-            counts += torch.bincount(idx[active], minlength=d_sae)
-            if want is not None:
-                hit = active & want[idx]
-                r, j = torch.nonzero(hit, as_tuple=True)
-                found_rows.append(r + seen)
-                found_latents.append(idx[r, j])
+            for s, vals, idx in sparse_parts(sae, x):  # row ranges, each padded to its own widest row
+                vals, idx = vals.cpu(), idx.cpu()
+                active = (vals != 0) & eligible[seen + s.start : seen + s.stop, None]
+                counts += torch.bincount(idx[active], minlength=d_sae)
+                if want is not None:
+                    hit = active & want[idx]
+                    r, j = torch.nonzero(hit, as_tuple=True)
+                    found_rows.append(r + seen + s.start)
+                    found_latents.append(idx[r, j])
             seen += x.shape[0]
         if seen != where.shape[0]:
             raise ShapeError(

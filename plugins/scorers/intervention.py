@@ -72,6 +72,7 @@ class InterventionScorer(InterpScorer):
     name = "intervention"
     needs_model = True
     headline = (Metric("score"),)
+    handles_transcoders = False  # it steers decoder directions at the hook point read; a transcoder's write elsewhere
 
     class Options(saebench.Options):
         target_kl: float = Field(1.0, ge=1e-6, description="mean KL (nats) of the next token at the prompt ends")
@@ -95,6 +96,8 @@ class InterventionScorer(InterpScorer):
             )
         if ctx.llm is None:
             raise ConfigError("intervention needs a judge LLM", f"scorer {self.name}")
+        if ctx.sae.is_transcoder:
+            raise ConfigError("intervention does not evaluate transcoders", f"scorer {self.name}")
         if float(ctx.sae.W_dec[record.latent].norm()) == 0.0:  # a dead direction: steering changes nothing
             return LatentScore(
                 latent=record.latent,

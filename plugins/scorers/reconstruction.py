@@ -39,6 +39,12 @@ Matryoshka SAEs (those with ``prefixes``, e.g. ``matryoshka_batchtopk``): ``fvu_
 details maps each nested width m to the FVU when only latents 0..m−1 of the SAE's encoding decode
 (the last, m = d_sae, is ``fvu``), over the same tokens and Σ‖x − x̄‖².
 
+Transcoders (``inputs.targets`` given, or ``sae.is_transcoder``): x above is the target, the activations
+at ``inputs.hookpoint_out`` for the same tokens (``inputs.targets``), and x̂ the transcoder's output
+f·W_dec + b_dec + x_in·W_skip (``sae.transcode`` of the activations x_in it reads; no skip term
+without W_skip), with d = d_out; ``fvu_at_k{K}`` and ``fvu_by_prefix`` decode the same way, skip
+included. The details add ``hookpoint_out``, ``d_in`` and ``d_out``.
+
 Details: ``saebench_0_6_explained_variance`` is what sae-bench 0.6.0's core eval reports as
 ``explained_variance`` for these tokens evaluated as one batch (its default,
 n_eval_sparsity_variance_batches=1, or equal-sized batches):
@@ -48,6 +54,7 @@ instead of subtracting ‖E[x]‖², so it is not a variance; kept for compariso
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -100,6 +107,7 @@ class ReconstructionScorer(saebench.Scorer):
 
     Options = ReconstructionOptions
     options: ReconstructionOptions
+    handles_transcoders = True  # a transcoder's output against the activations it writes (module docstring)
 
     @torch.no_grad()
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
@@ -107,13 +115,24 @@ class ReconstructionScorer(saebench.Scorer):
         sums = _Sums(by_context=ContextSums(inputs), ks=ks)
         prefixes = getattr(sae, "prefixes", None) or []
         prefix_sse = dict.fromkeys(prefixes, 0.0)
-        for x_in, values, indices in encoded_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens):
-            x_hat = sae.decode_sparse(values, indices).to(torch.float64)
-            x = x_in.to(device=x_hat.device, dtype=torch.float64)
-            sums.add(x, x_hat, _sse_at_ks(sae, x_in, x, ks))
-            for m in prefixes:
-                prefix_sse[m] += _sse_of_prefix(sae, values, indices, x, m)
-        result = sums.result(sae.cfg.d_in)
+        targets = None  # an SAE's target is its input; a transcoder's, the activations where it writes
+        if inputs.targets is not None or sae.is_transcoder:
+            targets = activation_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens, targets=True)
+        for x_in, parts in encoded_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens):
+            decoded: list[list[Tensor]] = [[] for _ in range(1 + len(prefixes))]  # x̂, then x̂_m per prefix
+            for _, values, indices in parts:  # row ranges, each padded to its own widest row
+                decoded[0].append(sae.decode_sparse(values, indices))
+                for j, m in enumerate(prefixes, 1):
+                    decoded[j].append(_decode_prefix(sae, values, indices, m))
+            x_hat = torch.cat(decoded[0]).to(torch.float64)
+            x, skip = _target(sae, x_in, targets, x_hat.device)
+            resid = x if skip is None else x - skip  # what the decoder alone reproduces
+            sums.add(x, x_hat if skip is None else x_hat + skip, _sse_at_ks(sae, x_in, resid, ks))
+            for j, m in enumerate(prefixes, 1):
+                prefix_sse[m] += float((resid - torch.cat(decoded[j]).to(torch.float64)).square().sum())
+        result = sums.result(sae.d_out)
+        if targets is not None:
+            result.details.update(hookpoint_out=inputs.hookpoint_out, d_in=sae.cfg.d_in, d_out=sae.d_out)
         if prefixes:  # a details entry, not a metric: only Matryoshka SAEs have it, each with its own widths
             tss = result.details.get("total_variance_per_token", 0.0) * sums.n
             result.details["fvu_by_prefix"] = {str(m): ratio(v, tss) for m, v in prefix_sse.items()}
@@ -130,13 +149,28 @@ class ReconstructionScorer(saebench.Scorer):
         assert sums.shift is not None and sums.sum_dx is not None
         mean = sums.shift + sums.sum_dx / sums.n
         tss = ContextSums(inputs)
-        for x in activation_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens):
+        for x in activation_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens, targets=True):
             tss.add(x.shape[0], tss=(x.to(device=mean.device, dtype=torch.float64) - mean).square().sum(dim=1))
-        d = sae.cfg.d_in
+        d = sae.d_out
         estimators = {**ESTIMATORS, "mse": Ratio(num={"sse": 1.0}, den={"tokens": float(d)})}
         for k in sums.ks:
             estimators[f"fvu_at_k{k}"] = Ratio(num={f"sse_k{k}": 1.0}, den={"tss": 1.0})
         return sums.by_context.units(estimators, weight="tokens", tss=tss.sums["tss"])
+
+
+def _target(
+    sae: saebench.SAE, x_in: Tensor, targets: Iterator[Tensor] | None, device: torch.device
+) -> tuple[Tensor, Tensor | None]:
+    """(target, skip) in float64 for one batch x_in: x_in itself and None for an SAE; for a transcoder the next
+    batch of ``targets`` and x_in·W_skip (None without a skip)."""
+    if targets is None:
+        return x_in.to(device=device, dtype=torch.float64), None
+    y = next(targets, None)
+    if y is None or y.shape[0] != x_in.shape[0]:
+        rows = 0 if y is None else y.shape[0]
+        raise saebench.ShapeError(f"a batch of {x_in.shape[0]} activation rows has {rows} target rows")
+    skip = sae.skip_connection(x_in)
+    return y.to(device=device, dtype=torch.float64), None if skip is None else skip.to(device, torch.float64)
 
 
 def _test_time_ks(sae: saebench.SAE, ks: list[int]) -> tuple[list[int], dict[int, str]]:
@@ -164,10 +198,9 @@ def _sse_at_ks(sae: saebench.SAE, x_in: Tensor, x: Tensor, ks: list[int]) -> dic
     return out
 
 
-def _sse_of_prefix(sae: saebench.SAE, values: Tensor, indices: Tensor, x: Tensor, m: int) -> float:
-    """Σ‖x − x̂_m‖² (float64), x̂_m decoded from the latents below ``m`` only (a Matryoshka prefix)."""
-    kept = torch.where(indices < m, values, torch.zeros_like(values))
-    return float((x - sae.decode_sparse(kept, indices).to(torch.float64)).square().sum())
+def _decode_prefix(sae: saebench.SAE, values: Tensor, indices: Tensor, m: int) -> Tensor:
+    """x̂_m, decoded from the latents below ``m`` only (a Matryoshka prefix)."""
+    return sae.decode_sparse(torch.where(indices < m, values, torch.zeros_like(values)), indices)
 
 
 @dataclass

@@ -63,6 +63,7 @@ class SparseProbingScorer(saebench.Scorer):
 
     name = "sparse_probing"
     family = "probe"
+    handles_transcoders = True  # probes read the latents of the hook point the SAE reads
     headline = (saebench.Metric(r"k\d+_accuracy"),)
 
     class Options(ProbeDataOptions):

@@ -55,6 +55,7 @@ class SparsityScorer(saebench.Scorer):
     )
 
     Options = StreamOptions
+    handles_transcoders = True  # latents only: a transcoder's are those of the hook point it reads
 
     @torch.no_grad()
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
@@ -63,13 +64,18 @@ class SparsityScorer(saebench.Scorer):
         n_tokens = 0
         active_total = 0
         by_context = ContextSums(inputs)
-        for x, values, indices in encoded_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens):
-            active = values != 0
+        for x, parts in encoded_batches(sae, inputs, self.options.batch_tokens, self.options.max_tokens):
+            per_row, fired = [], []
+            for _, values, indices in parts:  # row ranges, each padded to its own widest row
+                active = values != 0
+                per_row.append(active.sum(dim=1))
+                fired.append(indices[active])
+            active_per_row = torch.cat(per_row)
             n_tokens += x.shape[0]
-            active_total += int(active.sum())
-            batch_counts = torch.bincount(indices[active].reshape(-1), minlength=d_sae)
+            active_total += int(active_per_row.sum())
+            batch_counts = torch.bincount(torch.cat(fired), minlength=d_sae)
             counts = batch_counts if counts is None else counts + batch_counts
-            by_context.add(x.shape[0], active=active.sum(dim=1), tokens=torch.ones(x.shape[0]))
+            by_context.add(x.shape[0], active=active_per_row, tokens=torch.ones(x.shape[0]))
 
         if n_tokens == 0 or counts is None:
             metrics = {k: None for k in ("l0", "dead_fraction", "dense_fraction", "dense_fraction_1pct")}

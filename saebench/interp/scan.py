@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from saebench.errors import ShapeError
+from saebench.metrics import sparse_parts
 
 #: tokens per batch read from the activation cache
 BATCH_TOKENS = 8192
@@ -99,12 +100,15 @@ def _groups(
 
 
 def _active(sae, x: Tensor, lookup: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(row, tracked position, value) of every non-zero activation of a tracked latent in x."""
-    values, indices = sae.encode_sparse(x)
-    pos = lookup[indices.cpu()]
-    values = values.cpu().float()
-    keep = (values != 0) & (pos >= 0)
-    return keep.nonzero()[:, 0], pos[keep], values[keep]
+    """(row, tracked position, value) of every non-zero activation of a tracked latent in x, by row."""
+    found = []
+    for s, values, indices in sparse_parts(sae, x):  # row ranges, each padded to its own widest row
+        pos = lookup[indices.cpu()]
+        values = values.cpu().float()
+        keep = (values != 0) & (pos >= 0)
+        found.append((keep.nonzero()[:, 0] + s.start, pos[keep], values[keep]))
+    rows, pos, vals = (torch.cat(t) for t in zip(*found))
+    return rows, pos, vals
 
 
 def count_windows(sae, batches, win, progress) -> Tensor:

@@ -7,6 +7,12 @@ format's ``hook_name``, ``hook_point_in`` of Llama Scope), else its path (Gemma 
 ``resid_post/layer_12_...``, ``mlp_out/``, ``attn_out/``, ``transcoder/``; Gemma Scope's
 ``gemma-scope-2b-pt-res/layer_12/...``; a sparsify folder named ``layers.12``).
 
+A transcoder's checkpoint also names the hook point it writes (:func:`checkpoint_hook_name_out`):
+``hook_name_out``, ``hook_point_out`` or ``hf_hook_point_out`` in its config when it differs from the
+one it reads (Gemma Scope 2 and Llama Scope SAEs give both, equal), else a Gemma Scope 2
+``transcoder/`` (or ``transcoder_all/``) folder: ``layer_L_...`` reads ``blocks.L.ln2.hook_normalized``
+(``layers.L.mlp_in``) and writes ``blocks.L.hook_mlp_out`` (``layers.L.mlp_out``).
+
 :func:`to_hookpoint` maps it to a hook point of the hf-causal-lm adapter. TransformerLens names:
 ``blocks.{i}.hook_resid_post`` → ``layers.{i}``; ``hook_resid_pre`` of block i → ``layers.{i-1}``
 (block 0's is the embeddings, which are no hook point); ``hook_mlp_out`` → ``layers.{i}.mlp_out``;
@@ -29,6 +35,7 @@ from saebench.loading import read_config
 
 CONFIG_FILES = ("cfg.json", "cfg.yaml", "config.json", "hyperparams.json")
 CONFIG_KEYS = ("hook_name", "hook_point", "hookpoint", "hook_point_in", "hf_hook_point_in")
+CONFIG_KEYS_OUT = ("hook_name_out", "hook_point_out", "hf_hook_point_out")
 
 _TL = re.compile(r"blocks\.(\d+)\.(hook_\w+|attn\.hook_z|ln2\.hook_normalized|mlp\.hook_post)")
 _TL_SITES = {
@@ -70,6 +77,7 @@ _SCOPE2_SITES = {
     "attn_out": "attn.hook_z",  # the input of o_proj, the concatenated heads' outputs
     "transcoder": "ln2.hook_normalized",
 }
+_SCOPE2_OUT = {"transcoder": "hook_mlp_out"}
 # Gemma Scope: the site is in the repository's name (gemma-scope-2b-pt-res), the layer a folder (layer_12)
 _SCOPE1 = re.compile(r"gemma-scope-[\w.-]+?-(res|mlp|att)(?:-canonical)?(?:/|$)")
 _SCOPE1_SITES = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z"}
@@ -90,9 +98,27 @@ def checkpoint_hook_name(local: Path, path: str) -> str | None:
     return _from_path(path) or _from_path(local.as_posix())
 
 
-def _from_config(cfg: dict[str, Any]) -> str | None:
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
-    for key in CONFIG_KEYS:
+def checkpoint_hook_name_out(local: Path | None, path: str) -> str | None:
+    """The hook name a transcoder's checkpoint writes (``local``: its files, None to read ``path`` alone); None
+    for an SAE or when nothing says. Reads config files, never weights (CheckpointError for a corrupt one)."""
+    if local is not None:
+        folder = local if local.is_dir() else local.parent
+        for name in CONFIG_FILES:
+            if (folder / name).is_file():
+                cfg = read_config(folder / name)
+                out = _from_config(cfg, CONFIG_KEYS_OUT)
+                if out is not None and out != _from_config(cfg):
+                    return out
+    for text in (path, local.as_posix() if local is not None else ""):
+        m = _SCOPE2.search(text.replace("\\", "/").rstrip("/"))
+        if m and m.group(1) in _SCOPE2_OUT:
+            return f"blocks.{m.group(2)}.{_SCOPE2_OUT[m.group(1)]}"
+    return None
+
+
+def _from_config(cfg: dict[str, Any], keys: tuple[str, ...] = CONFIG_KEYS) -> str | None:
+    meta: dict[str, Any] = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
+    for key in keys:
         for source in (meta, cfg):
             value = source.get(key)
             if isinstance(value, str) and value.strip():

@@ -117,31 +117,46 @@ def test_gemmascope2_renamed_folder_takes_the_site_from_its_config(tmp_path):
 TRANSCODER_IN, TRANSCODER_OUT = "model.layers.5.pre_feedforward_layernorm.output", "model.layers.5.post_feedforward_layernorm.output"
 
 
-def test_gemmascope2_skip_transcoder_is_refused_by_its_folder_and_tensor(tmp_path):
-    folder = write_gs2(tmp_path / "transcoder_all" / "layer_5_width_16k_l0_big_affine",
-                       affine_skip_connection=np.zeros((D_IN, D_IN), np.float32))
-    with raises(folder / "params.safetensors", f"a skip transcoder: reads {TRANSCODER_IN} and writes {TRANSCODER_OUT}",
-                "saebench does not evaluate transcoders yet"):
-        load_sae(folder)
-
-
-def test_gemmascope2_transcoder_is_refused_by_its_config(tmp_path):
-    config = {**GS2_CONFIG, "type": "transcoder", "hf_hook_point_in": TRANSCODER_IN, "hf_hook_point_out": TRANSCODER_OUT}
-    folder = write_gs2(tmp_path / "resid_post" / "layer_5_width_16k_l0_small", config=config)
-    with raises(folder / "config.json", f"is a transcoder: reads {TRANSCODER_IN} and writes {TRANSCODER_OUT}"):
-        load_sae(folder)
-
-
-def test_gemmascope2_transcoder_is_refused_by_its_shapes(tmp_path):
+def test_gemmascope2_skip_transcoder_loads_from_its_folder_and_tensor(tmp_path):
+    """The transcoder folder gives both hook points; y = f·w_dec + b_dec + x·affine_skip_connection (float64)."""
     w = gs2_arrays()
-    w["w_dec"] = np.zeros((D_SAE, D_IN + 8), np.float32)
-    w["b_dec"] = np.zeros(D_IN + 8, np.float32)
-    folder = write_gs2(tmp_path / "x", w)
-    with raises(folder / "params.safetensors", f"is a transcoder: reads d_in={D_IN} and writes d_out={D_IN + 8}"):
+    w["affine_skip_connection"] = (np.random.default_rng(5).standard_normal((D_IN, D_IN)) / D_IN).astype(np.float32)
+    folder = write_gs2(tmp_path / "transcoder_all" / "layer_5_width_16k_l0_big_affine", w)
+    sae = load_sae(folder)
+    assert sae.is_transcoder and sae.cfg.skip and sae.cfg.d_out == D_IN
+    assert (sae.cfg.hook_name, sae.cfg.hook_name_out) == ("blocks.5.ln2.hook_normalized", "blocks.5.hook_mlp_out")
+    x = inputs()
+    f, out = gs2_reference(x, w)
+    y = out + f64(x) @ f64(w["affine_skip_connection"])
+    np.testing.assert_allclose(sae.transcode(torch.from_numpy(x)).double().numpy(), y, rtol=1e-5, atol=1e-5 * np.abs(y).max())
+    np.testing.assert_allclose(sae.decode(sae.encode(torch.from_numpy(x))).double().numpy(), out, rtol=1e-5,
+                               atol=1e-5 * np.abs(out).max())
+
+
+def test_gemmascope2_transcoder_told_by_its_config_takes_its_hook_points(tmp_path):
+    config = {**GS2_CONFIG, "type": "transcoder", "hf_hook_point_in": TRANSCODER_IN, "hf_hook_point_out": TRANSCODER_OUT}
+    sae = load_sae(write_gs2(tmp_path / "resid_post" / "layer_5_width_16k_l0_small", config=config))
+    assert sae.is_transcoder and not sae.cfg.skip and sae.cfg.d_out == D_IN
+    assert (sae.cfg.hook_name, sae.cfg.hook_name_out) == (TRANSCODER_IN, TRANSCODER_OUT)
+    sae = load_sae(write_gs2(tmp_path / "renamed", config=config))  # no folder: the config's MLP pair
+    assert (sae.cfg.hook_name, sae.cfg.hook_name_out) == ("blocks.5.ln2.hook_normalized", "blocks.5.hook_mlp_out")
+    folder = write_gs2(tmp_path / "affine", config={**config, "affine_connection": True})
+    with raises(folder / "params.safetensors", "missing tensor(s) affine_skip_connection"):
         load_sae(folder)
+
+
+def test_gemmascope2_transcoder_told_by_its_shapes_and_cross_layer_ones_refused(tmp_path):
+    w = gs2_arrays()
+    w["w_dec"] = np.random.default_rng(2).standard_normal((D_SAE, D_IN + 8)).astype(np.float32)
+    w["b_dec"] = np.zeros(D_IN + 8, np.float32)
+    sae = load_sae(write_gs2(tmp_path / "x", w))
+    assert sae.cfg.d_out == D_IN + 8 and sae.cfg.hook_name_out is None and not sae.cfg.skip
+    x = inputs()
+    y = gs2_reference(x, w)[1]
+    np.testing.assert_allclose(sae(torch.from_numpy(x)).double().numpy(), y, rtol=1e-5, atol=1e-5 * np.abs(y).max())
     w["w_dec"] = np.zeros((D_SAE, 3, D_IN), np.float32)  # a cross-layer transcoder writes to several layers
     folder = write_gs2(tmp_path / "clt" / "width_262k_l0_big", w)
-    with raises(folder / "params.safetensors", "cross-layer transcoder", "does not evaluate transcoders"):
+    with raises(folder / "params.safetensors", "cross-layer transcoder", "saebench does not evaluate"):
         load_sae(folder)
 
 
@@ -307,7 +322,7 @@ def dl_state_dict(dict_class, tau=0.3, seed=0):
         "MatryoshkaBatchTopKSAE": {**plain, "threshold": np.float32(tau)},
         "JumpReluAutoEncoder": {**plain, "threshold": w["threshold"]},
         "GatedAutoEncoder": {"encoder.weight": w["W_enc"].T.copy(), "decoder.weight": dec, "decoder_bias": w["b_dec"],
-                             "r_mag": w["b_enc"], "gate_bias": w["b_enc"], "mag_bias": w["b_enc"]},
+                             "r_mag": w["b_enc"] * 0.5, "gate_bias": w["b_enc"], "mag_bias": w["threshold"] - 0.1},
     }[dict_class]
     sd = {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in sd.items()}
     if dict_class in ("AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE"):
@@ -342,6 +357,10 @@ def dl_reference(x, sd, dict_class):
         h = x @ t["W_enc"] + t["b_enc"]
         f = np.maximum(h * (h > t["threshold"]), 0.0)
         return f, f @ t["W_dec"] + t["b_dec"]
+    if dict_class == "GatedAutoEncoder":  # the gate decides which latents fire, the magnitude path their value
+        h = (x - t["decoder_bias"]) @ t["encoder.weight"].T
+        f = (h + t["gate_bias"] > 0) * np.maximum(np.exp(t["r_mag"]) * h + t["mag_bias"], 0.0)
+        return f, f @ t["decoder.weight"].T + t["decoder_bias"]
     if dict_class == "MatryoshkaBatchTopKSAE":  # encode(use_threshold=True), the inference default
         post = np.maximum((x - t["b_dec"]) @ t["W_enc"] + t["b_enc"], 0.0)
         f = post * (post > t["threshold"])
@@ -363,7 +382,7 @@ def dl_reference(x, sd, dict_class):
 
 
 CLASSES = ["AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE",
-           "JumpReluAutoEncoder"]
+           "JumpReluAutoEncoder", "GatedAutoEncoder"]
 
 
 @pytest.mark.parametrize("dict_class", CLASSES)
@@ -403,9 +422,6 @@ def test_dictionary_learning_pickle_needs_allow_pickle(tmp_path):
 
 
 def test_dictionary_learning_refusals(tmp_path):
-    pt = write_dl(tmp_path / "gated", "GatedAutoEncoder")
-    with raises(pt.parent / "config.json", "gated", "no built-in gated architecture"):
-        load_sae(pt.parent, allow_pickle=True)
     pt = write_dl(tmp_path / "other", "CrossCoder", sd={"x": torch.zeros(3)})
     with raises(pt.parent / "config.json", "trainer.dict_class 'CrossCoder' is not supported"):
         load_sae(pt.parent, allow_pickle=True)

@@ -187,6 +187,8 @@ class AbsorptionScorer(saebench.Scorer):
 
     @torch.no_grad()
     def score(self, sae: saebench.SAE, inputs: saebench.EvalInputs) -> saebench.ScoreResult:
+        if sae.is_transcoder or inputs.hookpoint_out is not None:  # its decoder rows live where it writes, not reads
+            raise ConfigError("absorption does not evaluate transcoders", f"scorer {self.name}")
         adapter = inputs.model(self.name)
         seed = int(inputs.seed)
         words = self.letter_words(adapter, seed)

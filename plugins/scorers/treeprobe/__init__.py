@@ -118,6 +118,7 @@ class TreeProbeScorer(saebench.Scorer):
 
     name = "treeprobe"
     family = "probe"
+    handles_transcoders = True  # the head reads the latents of the hook point the SAE reads
     #: the runner passes ``inputs.explain`` and keys this scorer's cells by the explainer it uses
     uses_explanations = True
     headline = (
