@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -45,6 +45,17 @@ from torch import Tensor, nn
 
 import saebench
 from saebench.models import embedded
+from saebench.models.blocks import (
+    HIDDEN,
+    ResumeState,
+    StopForward,
+    Z,
+    block_hookpoints,
+    block_index,
+    register,
+    resume_state,
+    skipping,
+)
 from saebench.models.embedded import EMBEDDED
 from saebench.models.embedded import gguf_parsed_once as _gguf_parsed_once
 
@@ -60,21 +71,7 @@ _BLOCK_PATHS = (
     "transformer.blocks",
     "gpt_neox.layers",
 )
-_ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
-_MLP_NAMES = ("mlp", "feed_forward", "ffn")
-# The MLP's output projection, whose input is the ``mlp.hidden`` hook point (GPT-2's Conv1D is c_proj).
-_MLP_OUT_NAMES = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "fc_out", "w2")
-# The attention's output projection, whose input is the ``attn.z`` hook point.
-_ATTN_OUT_NAMES = ("o_proj", "c_proj", "out_proj", "dense", "wo")
-HIDDEN = ".mlp.hidden"
-Z = ".attn.z"
-#: hook points that are a module's input (read and replaced with forward pre-hooks)
-INPUTS = (HIDDEN, Z, ".mlp_in")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
-
-
-class _StopForward(Exception):
-    """Raised by the deepest capture hook to end the forward early."""
 
 
 def _short_hash(parts: Sequence[bytes | str]) -> str:
@@ -230,9 +227,10 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
             raise saebench.ConfigError(
                 f"cannot find the decoder blocks of {type(self.model).__name__}", where=self.path
             )
+        self._blocks = blocks
         modules: dict[str, nn.Module] = {}
         for i, block in enumerate(blocks):
-            modules.update(_block_hookpoints(f"layers.{i}", block))
+            modules.update(block_hookpoints(f"layers.{i}", block))
         return modules
 
     # -- the ModelAdapter contract ---------------------------------------------------------------
@@ -291,15 +289,14 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
                     out[hp] = h.detach().to("cpu", torch.float32, copy=True)
                 remaining.discard(hp)
                 if not remaining:
-                    raise _StopForward
+                    raise StopForward
 
             return hook
 
-        handles = [_register(m, hp, hook_for(hp)) for hp, m in modules.items()]
+        handles = [register(m, hp, hook_for(hp)) for hp, m in modules.items()]
         try:
-            with torch.inference_mode():
-                self.model(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False)
-        except _StopForward:
+            self._forward(tokens, torch.inference_mode())
+        except StopForward:
             pass
         finally:
             for h in handles:
@@ -309,10 +306,30 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
             raise RuntimeError(f"hook points {missing} did not run during the forward")
         return {hp: out[hp] for hp in wanted}
 
-    def logits(self, tokens: Tensor, replace: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
+    def resume_state(self, tokens: Tensor, hookpoint: str) -> ResumeState | None:
+        self._module(hookpoint)  # an unknown name fails here, with the list of valid ones
+        block = block_index(hookpoint)
+        if block == 0:
+            return None
+        tokens = self._tokens(tokens)
+        run = lambda: self._forward(tokens, torch.inference_mode())  # noqa: E731
+        return resume_state(self._blocks, block, run, (tokens.shape[0], tokens.shape[1]))
+
+    def logits(
+        self,
+        tokens: Tensor,
+        replace: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
+        resume: ResumeState | None = None,
+    ) -> Tensor:
         replace = dict(replace or {})
         modules = {hp: self._module(hp) for hp in replace}
         tokens = self._tokens(tokens)
+        if resume is not None:
+            if resume.shape != tuple(tokens.shape):
+                raise saebench.ShapeError(f"resume state of tokens {list(resume.shape)}, got {list(tokens.shape)}")
+            early = [hp for hp in replace if block_index(hp) < resume.block]
+            if early:
+                raise saebench.ShapeError(f"hook point {early[0]} lies before the resumed block {resume.block}")
 
         def hook_for(hp: str, fn: Callable[[Tensor], Tensor]):
             def hook(module, args, output):
@@ -328,16 +345,21 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
 
             return hook
 
-        handles = [_register(m, hp, hook_for(hp, replace[hp])) for hp, m in modules.items()]
+        handles = [register(m, hp, hook_for(hp, replace[hp])) for hp, m in modules.items()]
+        skip = skipping(self._blocks, resume) if resume is not None else contextlib.nullcontext()
         try:
-            with torch.no_grad():  # not inference_mode: the [B, T, V] result is returned without a copy
-                logits = self.model(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False).logits
+            with skip:  # not inference_mode: the [B, T, V] result is returned without a copy
+                logits = self._forward(tokens, torch.no_grad()).logits
         finally:
             for h in handles:
                 h.remove()
         return logits.to("cpu", torch.float32)
 
     # -- helpers --------------------------------------------------------------------------------
+    def _forward(self, tokens: Tensor, mode: contextlib.AbstractContextManager) -> Any:
+        with mode:
+            return self.model(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False)
+
     def _module(self, hookpoint: str) -> nn.Module:
         m = self._modules.get(hookpoint)
         if m is None:
@@ -355,44 +377,6 @@ class HFCausalLMAdapter(saebench.ModelAdapter):
         if tokens.dim() != 2:
             raise saebench.ShapeError(f"tokens must be [batch, seq], got {tuple(tokens.shape)}", where="tokens")
         return tokens.to(self.device, torch.long)
-
-
-def _child(parent: nn.Module | None, names: Sequence[str]) -> nn.Module | None:
-    return next((getattr(parent, n) for n in names if isinstance(getattr(parent, n, None), nn.Module)), None)
-
-
-def _block_hookpoints(prefix: str, block: nn.Module) -> dict[str, nn.Module]:
-    """The hook points of one decoder block, each with the module it reads (see the module docstring)."""
-    attn, mlp = _child(block, _ATTN_NAMES), _child(block, _MLP_NAMES)
-    # post_attention_layernorm norms the attention's output only where a post-feedforward norm exists too:
-    # in Llama and Qwen it is the norm before the MLP
-    post_mlp = _child(block, ("post_feedforward_layernorm",))
-    post_attn = _child(block, ("post_attention_layernorm",)) if post_mlp is not None else None
-    found = {
-        prefix: block,
-        f"{prefix}.attn": attn,
-        f"{prefix}{Z}": _child(attn, _ATTN_OUT_NAMES),
-        f"{prefix}.attn_out": post_attn or attn,
-        f"{prefix}.mlp_in": mlp,
-        f"{prefix}.mlp": mlp,
-        f"{prefix}{HIDDEN}": _child(mlp, _MLP_OUT_NAMES),
-        f"{prefix}.mlp_out": post_mlp or mlp,
-    }
-    return {hp: m for hp, m in found.items() if m is not None}
-
-
-def _register(module: nn.Module, hookpoint: str, hook: Callable) -> torch.utils.hooks.RemovableHandle:
-    """A forward hook (module output), or for an input hook point (``.mlp.hidden``, ``.attn.z``, ``.mlp_in``) a
-    forward pre-hook: the hook sees the module's input as its output (its return value, when not None,
-    replaces that input)."""
-    if not hookpoint.endswith(INPUTS):
-        return module.register_forward_hook(hook)
-
-    def pre_hook(mod: nn.Module, args: tuple) -> tuple | None:
-        new = hook(mod, args[1:], args[0])
-        return None if new is None else (new, *args[1:])
-
-    return module.register_forward_pre_hook(pre_hook)
 
 
 @saebench.hookimpl

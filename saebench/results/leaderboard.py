@@ -25,10 +25,11 @@ SEED_SD = ".seed_sd"
 
 
 def leaderboard_rows(output: str | Path) -> tuple[list[str], list[dict]]:
-    """(metric columns in first-seen order, rows) from a results folder: SAEs in the newest plan's order,
+    """(metric columns by scorer in the newest plan's order, rows) from a results folder: SAEs in that plan's order,
     then any others (of earlier matrices) in the order they were stored."""
     with ResultsStore.existing(output) as store:
         order = {key: i for i, key in enumerate(store.sae_order())}
+        scorer_rank = {scorer: i for i, scorer in enumerate(store.scorer_order())}
         stored = [(c["model"], c["hookpoint"], c["sae"]) for c in store.cells()]
         metrics = [m for m in store.metrics() if compared_with(m[3]) is None]  # pairs: saebench compare
     keys = sorted(
@@ -36,13 +37,12 @@ def leaderboard_rows(output: str | Path) -> tuple[list[str], list[dict]]:
     )  # every SAE gets a row, even if all its cells failed
     rows = {k: dict(zip(ID_COLUMNS, k)) for k in keys}
     rank = {k: i for i, k in enumerate(keys)}
-    columns: list[str] = []
+    columns: dict[str, int] = {}  # column -> its scorer's place in the plan
     for model, hookpoint, sae, scorer, metric, value in sorted(metrics, key=lambda m: rank[m[:3]]):  # stable
         column = f"{scorer}.{metric}"
-        if column not in columns:
-            columns.append(column)
+        columns.setdefault(column, scorer_rank.get(scorer, len(scorer_rank)))
         rows[(model, hookpoint, sae)][column] = value
-    return _across_seeds(columns, list(rows.values()))
+    return _across_seeds(sorted(columns, key=columns.__getitem__), list(rows.values()))
 
 
 def _across_seeds(columns: list[str], rows: list[dict]) -> tuple[list[str], list[dict]]:

@@ -4,7 +4,8 @@ A cache folder holds ``contexts.safetensors`` (the token ids [n_contexts, T]), s
 ``shard_00000.safetensors`` ... with the activations [tokens, d] of the non-special positions
 (BOS/EOS/PAD removed) in context order, and ``manifest.json``, written last: a folder without a
 manifest is an interrupted write and is rebuilt. Shards bound memory whatever the token count;
-one forward pass fills the caches of every hook point a model needs.
+one forward pass fills the caches of every hook point a model needs. Shards are float32, or the
+matrix's ``cache_dtype`` (bfloat16 halves the disk and the reads); batches are float32 either way.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from saebench.files import private_name, replace_folder
 FORMAT = 1
 #: floats per shard (64 MiB of fp32)
 SHARD_ELEMENTS = 2**24
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cache_key(**fields: Any) -> str:
@@ -69,7 +71,7 @@ class ActivationCache:
         for shard in self.manifest["shards"]:
             if budget <= 0:
                 break
-            acts = load_file(str(self.folder / shard["file"]))["acts"][:budget]
+            acts = load_file(str(self.folder / shard["file"]))["acts"][:budget].float()  # a no-op on fp32 shards
             budget -= acts.shape[0]
             if carry is not None:
                 acts = torch.cat([carry, acts])
@@ -82,8 +84,8 @@ class ActivationCache:
 
 
 class _ShardWriter:
-    def __init__(self, folder: Path, d: int):
-        self.folder, self.d = folder, d
+    def __init__(self, folder: Path, d: int, dtype: torch.dtype = torch.float32):
+        self.folder, self.d, self.dtype = folder, d, dtype
         self.rows = max(1, SHARD_ELEMENTS // d)
         self.buffer: list[Tensor] = []
         self.buffered = 0
@@ -105,7 +107,7 @@ class _ShardWriter:
 
     def _write(self, acts: Tensor) -> None:
         name = f"shard_{len(self.shards):05d}.safetensors"
-        save_file({"acts": acts.contiguous()}, str(self.folder / name))
+        save_file({"acts": acts.to(self.dtype).contiguous()}, str(self.folder / name))
         self.shards.append({"file": name, "tokens": int(acts.shape[0])})
 
 
@@ -117,13 +119,15 @@ def build_caches(
     batch_contexts: int = 8,
     describe: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    dtype: str = "float32",
 ) -> dict[str, ActivationCache]:
-    """One pass of ``adapter`` over ``contexts`` filling a cache folder per hook point in ``folders``."""
+    """One pass of ``adapter`` over ``contexts`` filling a cache folder per hook point in ``folders``, its
+    shards in ``dtype`` (float32, bfloat16 or float16)."""
     tmp = {h: private_name(f) for h, f in folders.items()}  # never another run's temporary folder
     try:
         for folder in tmp.values():
             folder.mkdir(parents=True)
-        return _fill(adapter, contexts, folders, tmp, batch_contexts, describe, progress)
+        return _fill(adapter, contexts, folders, tmp, batch_contexts, describe, progress, dtype)
     finally:
         for folder in tmp.values():
             shutil.rmtree(folder, ignore_errors=True)
@@ -137,9 +141,10 @@ def _fill(
     batch_contexts: int,
     describe: dict[str, Any] | None,
     progress: Callable[[int], None] | None,
+    dtype: str,
 ) -> dict[str, ActivationCache]:
     hookpoints: Sequence[str] = list(folders)
-    writers = {h: _ShardWriter(tmp[h], adapter.d_model(h)) for h in hookpoints}
+    writers = {h: _ShardWriter(tmp[h], adapter.d_model(h), DTYPES[dtype]) for h in hookpoints}
     per_context: list[int] = []
     for start in range(0, contexts.shape[0], batch_contexts):
         batch = contexts[start : start + batch_contexts]
@@ -159,6 +164,7 @@ def _fill(
             "hookpoint": h,
             "n_tokens": sum(s["tokens"] for s in writers[h].shards),
             "d": writers[h].d,
+            "dtype": dtype,
             "shards": writers[h].shards,
             "n_contexts": int(contexts.shape[0]),
             "context_tokens": per_context,

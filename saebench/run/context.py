@@ -25,6 +25,7 @@ from saebench.probes.tasks import PROBE_FORMAT, ProbeData, build_probe_data
 from saebench.run.activations import ActivationCache, cache_key
 from saebench.run.components import Components
 from saebench.run.data import make_contexts
+from saebench.run.matrix import adapter_options, model_device
 from saebench.run.plan import Cell, Plan, SAEEntry
 from saebench.run.progress import Progress
 from saebench.sae import SAE
@@ -75,7 +76,7 @@ class RunContext:
             where = self.where(f"models[{list(self.plan.models).index(name)}]")
             with self.progress.status(f"loading model {name} ({spec.path})"):
                 try:
-                    self.adapters[name] = cls(spec.path, **spec.options)
+                    self.adapters[name] = cls(spec.path, **self._adapter_options(name, cls))
                 except SaebenchError as exc:  # the adapter names its option or path; add the matrix key
                     raise exc.inside(where) from None
                 except TypeError as exc:  # an adapter without its own check of unknown options
@@ -84,6 +85,14 @@ class RunContext:
             if missing:
                 raise self._no_hookpoint(name, missing[0], where)
         return self.adapters[name]
+
+    def _adapter_options(self, name: str, cls: type[ModelAdapter]) -> dict[str, Any]:
+        spec, index = self.plan.models[name], list(self.plan.models).index(name)
+        options = adapter_options(self.plan.matrix, spec)
+        device = model_device(self.plan.matrix, spec, self.plan.source, index)
+        if device is not None and (device != "cpu" or "device" in cls.Options.model_fields):
+            options["device"] = device  # an adapter without a device option gets it only when it is not the CPU
+        return options
 
     def _no_hookpoint(self, model: str, hookpoint: str, where: str) -> ConfigError:
         """A hook point the model lacks, blamed on the SAE whose checkpoint named it when one did."""

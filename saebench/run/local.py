@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import closing
 
-from saebench.run import latents, stages
+from saebench.run import latents, shared, stages
 from saebench.run.context import RunContext
 from saebench.run.plan import CELL_KINDS, LATENT_KINDS, Stage, versions
 from saebench.run.progress import Bar
@@ -33,6 +33,7 @@ class LocalExecutor:
         per_sae = [s for s in todo if s.kind in ("records", "latents", "cells")]
         with ctx.progress.bar("cells", total=len(work.pending), unit="cell") as bar:
             out = Recorder(store, report, ctx.progress.note, on_cell=lambda key: bar.update(1))
+            work = shared.run_groups(ctx, work, store, out, run_id, bar)  # cells that share passes, first
             with closing(stages.claims(ctx, list(dict.fromkeys(s.key for s in per_sae)), together=False)) as claims:
                 for (name,) in claims:
                     mine = work.claimed(store, [name])

@@ -25,9 +25,12 @@ from pydantic import (
 from saebench import plugin_manager
 from saebench.errors import ConfigError, validation_error
 from saebench.interp.records import RecordConfig
+from saebench.models import devices
+from saebench.run.rayspec import RayExecutor, RaySpec, StageResources  # noqa: F401 - the matrix's executor key
 from saebench.run.sources import check_plugin as _plugin
 from saebench.run.sources import check_source
 from saebench.run.sweep import expand_sweeps, in_sweep
+from saebench.run.transcoders import check_hookpoint_out, dump_entry
 
 
 class DataSpec(BaseModel):
@@ -52,6 +55,10 @@ class ModelSpec(BaseModel):
     path: str
     hookpoints: list[str] = Field(min_length=1)
     options: dict[str, Any] = Field(default_factory=dict, description="adapter options: device, dtype...")
+    device: str | None = Field(None, description="auto, cpu, cuda, cuda:N or mps; default: the matrix's device")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="the model's weights (part of its cache keys); default: the matrix's dtype"
+    )
 
 
 class SAESpec(BaseModel):
@@ -64,6 +71,7 @@ class SAESpec(BaseModel):
     name: str
     model: str
     hookpoint: str = Field("", description="omitted (empty): the hook point the checkpoint names")
+    hookpoint_out: str | None = Field(None, description="transcoders: the hook point written (see run.transcoders)")
     path: str | None = None
     release: str | None = Field(None, description="a release of SAELens's directory, with sae_id")
     sae_id: str | None = None
@@ -82,6 +90,8 @@ class SAESpec(BaseModel):
                 "'train' (a training config) or 'baseline' (a baseline)"
             )
         return self
+
+    _dump = dump_entry  # an SAE's entry dumps as it did before transcoders: no hookpoint_out
 
     def inferred_from(self, hook_name: str) -> None:
         self._hook_name = hook_name
@@ -143,41 +153,6 @@ class LLMSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
-class StageResources(BaseModel):
-    """What one Ray task of a stage asks the cluster for (Ray's own resource names)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    num_cpus: float = Field(1, ge=0, description="also the task's torch threads")
-    num_gpus: float = Field(0, ge=0, description="give model stages a GPU (and the model options.device: cuda)")
-    memory: int | None = Field(None, ge=0, description="bytes of RAM to reserve")
-
-
-#: the stages the Ray executor fans out (saebench.ray_executor)
-RAY_STAGES = ("activations", "train", "records", "latents", "cells")
-
-
-class RaySpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    address: str = Field("auto", description="auto: the running cluster; local: start one here; or HOST:PORT")
-    resources: dict[Literal[RAY_STAGES], StageResources] = Field(default_factory=dict)  # type: ignore[valid-type]
-    latents_per_task: PositiveInt = Field(64, description="latents per interpretability task")
-    latents_per_records_task: PositiveInt = Field(
-        16384, description="latents per latent-records task when interp.latents is a list or all (a sample: one task)"
-    )
-    max_retries: int = Field(3, ge=0, description="retries of a task whose worker died")
-
-    def stage(self, name: str) -> StageResources:
-        return self.resources.get(name, StageResources())  # type: ignore[call-overload]
-
-
-class RayExecutor(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ray: RaySpec = Field(default_factory=RaySpec)
-
-
 class Matrix(BaseModel):
     """One evaluation: every SAE is scored by every scorer on its model's hook point."""
 
@@ -193,6 +168,9 @@ class Matrix(BaseModel):
         "seed, as cells with the seed in their label (detection@s1); the first seed also runs everything else",
     )
     cache_dir: str | None = Field(None, description="activation cache; default OUTPUT/cache (share it across matrices)")
+    cache_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="cached activations' dtype: bfloat16 halves the disk (scorers read float32)"
+    )
     data: DataSpec = Field(default_factory=DataSpec)
     models: list[ModelSpec] = Field(min_length=1)
     saes: list[SAESpec] = Field(min_length=1)
@@ -206,6 +184,10 @@ class Matrix(BaseModel):
     )
     executor: str | dict[str, Any] = Field("local", description="local, or {ray: {address: auto}} (see RaySpec)")
     compare: CompareSpec | None = Field(None, description="pairwise SAE-to-SAE cells (see CompareSpec)")
+    device: str = Field("cpu", description="where the models run: auto (CUDA when present), cpu, cuda, cuda:N, mps")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="the models' weights dtype (default: the adapter's own, float32)"
+    )
 
     @field_validator("compare", mode="before")
     @classmethod
@@ -271,6 +253,27 @@ def effective_explainers(m: Matrix) -> list[ExplainerSpec]:
     return [ExplainerSpec(name="top-tokens")]
 
 
+def adapter_options(m: Matrix, spec: ModelSpec) -> dict[str, Any]:
+    """A model's adapter options as its cache keys hash them: ``options`` with the entry's (else the
+    matrix's) ``dtype``. The device is not among them: activations do not depend on where they ran."""
+    dtype = spec.dtype or m.dtype
+    return {**spec.options, "dtype": dtype} if dtype is not None else dict(spec.options)
+
+
+def model_device(m: Matrix, spec: ModelSpec, path: str | Path, index: int) -> str | None:
+    """The torch device model ``index`` runs on (``device`` of the entry, else of the matrix, ``auto``
+    resolved), or None where ``options.device`` sets it the old way. ConfigError when this machine lacks it."""
+    where = f"{path}: models[{index}]"
+    dtype = spec.dtype or m.dtype
+    if "dtype" in spec.options and dtype is not None and spec.options["dtype"] != dtype:
+        raise ConfigError(f"options.dtype {spec.options['dtype']!r} contradicts dtype {dtype!r}", f"{where}.dtype")
+    if "device" in spec.options:
+        if spec.device is not None:
+            raise ConfigError("give the device once: device or options.device, not both", f"{where}.device")
+        return None
+    return devices.resolve(spec.device or m.device, f"{where}.device" if spec.device else f"{path}: device")
+
+
 def load_matrix(path: str | Path) -> Matrix:
     """Parse and check a matrix file. Relative paths in it (output, checkpoints, globs) are relative
     to the current working directory, as with any command-line tool."""
@@ -320,6 +323,8 @@ def check_matrix(m: Matrix, path: str | Path) -> None:
     _plugin("data_source", m.data.source, path, "data.source")
     for i, mod in enumerate(m.models):
         _plugin("model_adapter", mod.adapter, path, f"models[{i}].adapter")
+        if m.executor == "local":  # on Ray, its workers, not this driver, are where a model's device must exist
+            model_device(m, mod, path, i)
     for i, s in enumerate(m.scorers):
         _plugin("scorer", s.name, path, f"scorers[{i}].name")
     models = {mod.name: mod for mod in m.models}
@@ -334,6 +339,7 @@ def check_matrix(m: Matrix, path: str | Path) -> None:
                 f"({', '.join(models[sae.model].hookpoints)})",
                 f"{path}: {where}.hookpoint",
             )
+        check_hookpoint_out(sae, models[sae.model], path, where)
     check_interp(m, path)
     if isinstance(m.executor, str) and m.executor != "local":
         raise ConfigError(

@@ -30,7 +30,7 @@ from saebench.interp.records import RecordConfig
 from saebench.models import hub
 from saebench.run.activations import cache_key
 from saebench.run.components import Components
-from saebench.run.matrix import Matrix, ModelSpec, SAESpec
+from saebench.run.matrix import Matrix, ModelSpec, SAESpec, adapter_options
 from saebench.run.store import CellKey
 
 CellKind = Literal["intrinsic", "probe", "explain", "interp", "compare"]
@@ -190,15 +190,20 @@ class Plan:
         return {
             "adapter": spec.adapter,
             "path": spec.path,
-            "options": spec.options,
+            "options": adapter_options(self.matrix, spec),
             "fingerprint": fingerprint(spec.path),
         }
 
     def eval_cache(self, model: str, hookpoint: str) -> Path:
+        data = self.matrix.data.model_dump()
         key = cache_key(
-            part="eval", model=self.model_desc(model), hookpoint=hookpoint, data=self.matrix.data.model_dump()
+            part="eval", model=self.model_desc(model), hookpoint=hookpoint, data=data, **self._cache_dtype()
         )
         return self.cache_dir / f"{model}-{hookpoint}-eval-{key}"
+
+    def _cache_dtype(self) -> dict[str, str]:
+        """The shards' dtype where it is not float32 (so float32 caches keep the keys they always had)."""
+        return {"dtype": self.matrix.cache_dtype} if self.matrix.cache_dtype != "float32" else {}
 
     def train_cache(self, model: str, hookpoint: str, tokens: int) -> Path:
         key = cache_key(
@@ -207,6 +212,7 @@ class Plan:
             hookpoint=hookpoint,
             data=self.matrix.data.model_dump(),
             tokens=tokens,
+            **self._cache_dtype(),
         )
         return self.cache_dir / f"{model}-{hookpoint}-train-{key}"
 
@@ -228,6 +234,7 @@ class Plan:
             "stages": [{"kind": s.kind, "key": s.key, "after": [list(a) for a in s.after]} for s in self.stages],
             "saes": {
                 n: {"model": e.spec.model, "hookpoint": e.spec.hookpoint, "identity": e.identity}
+                | ({"hookpoint_out": e.spec.hookpoint_out} if e.spec.hookpoint_out else {})
                 for n, e in self.saes.items()
             },
         }
@@ -250,6 +257,7 @@ def make_plan(matrix: Matrix, source: str, components: Components) -> Plan:
         elif spec.baseline is not None:  # built in the train stage (PCA from the evaluation cache)
             build_hash = config_hash(
                 {"model": model, "hookpoint": spec.hookpoint, "data": data, "baseline": spec.baseline, "seed": seeds[0]}
+                | plan._cache_dtype()
             )
             identity = {"baseline": spec.baseline, "train_hash": build_hash}
             folder = output / "saes" / spec.name
@@ -257,6 +265,7 @@ def make_plan(matrix: Matrix, source: str, components: Components) -> Plan:
         else:
             train_hash = config_hash(
                 {"model": model, "hookpoint": spec.hookpoint, "data": data, "train": spec.train, "seed": seeds[0]}
+                | plan._cache_dtype()
             )
             entry = SAEEntry(
                 index,
@@ -297,9 +306,9 @@ def _compare_cells(plan: Plan, components: Components) -> list[Cell]:
     cells = []
     for a in entries:
         for b in entries:
-            same_place = a.spec.model == b.spec.model and (
-                spec.across_hookpoints or a.spec.hookpoint == b.spec.hookpoint
-            )
+            # a transcoder's decoder writes another space than an SAE's at the hook point it reads
+            site_a, site_b = (a.spec.hookpoint, a.spec.hookpoint_out), (b.spec.hookpoint, b.spec.hookpoint_out)
+            same_place = a.spec.model == b.spec.model and (spec.across_hookpoints or site_a == site_b)
             if a is b or not same_place:
                 continue
             config = {"model": plan.model_desc(a.spec.model), "hookpoint": a.spec.hookpoint,
@@ -325,6 +334,9 @@ def _cells(plan: Plan, entry: SAEEntry, model: dict[str, Any], components: Compo
     m, spec = plan.matrix, entry.spec
     base = {"model": model, "hookpoint": spec.hookpoint, "data": m.data.model_dump(), "sae": entry.identity,
             "seed": entry.seed, "saebench": saebench.__version__}  # fmt: skip
+    if spec.hookpoint_out is not None:  # a transcoder's: an SAE's hash stays what it was
+        base["hookpoint_out"] = spec.hookpoint_out
+    base.update(plan._cache_dtype())  # bfloat16 activations change the numbers; float32 hashes stay as they were
 
     def cell(label: str, kind: CellKind, plugin: str, component: int, config: dict, **rest: Any) -> Cell:
         if m.seeds and kind in SEEDED_KINDS:

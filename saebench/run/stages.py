@@ -16,12 +16,13 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
 from saebench.errors import ConfigError, SaebenchError, one_line
 from saebench.files import write_atomic
-from saebench.interfaces import EvalInputs, ScoreResult
+from saebench.interfaces import EvalInputs
 from saebench.loading import save_sae
 from saebench.run.activations import ActivationCache, build_caches, cache_key
 from saebench.run.compare import compare_cell
@@ -31,6 +32,7 @@ from saebench.run.plan import CELL_KINDS, LATENT_KINDS, Cell, SAEEntry, Stage
 from saebench.run.progress import NO_BAR, Bar
 from saebench.run.recorder import Results
 from saebench.run.store import CellKey, ResultsStore
+from saebench.run.targets import check_transcoders, target_cache
 from saebench.sae import SAE
 from saebench.training import TrainConfig, train_sae
 from saebench.training.baselines import BaselineConfig, build_baseline
@@ -149,6 +151,7 @@ def check(ctx: RunContext, work: Work) -> None:
                 f"optimiser state; this machine has {have / 2**30:,.0f} GiB",
                 ctx.where(f"saes[{entry.index}].train.d_sae"),
             )
+    check_transcoders(ctx, work.pending)
     explicit = plan.record_config.latents if isinstance(plan.record_config.latents, list) else []
     for name in dict.fromkeys(c.sae for c in work.pending if c.kind in LATENT_KINDS):
         d_sae = ctx.d_sae(name)
@@ -169,8 +172,10 @@ def _check_baseline(ctx: RunContext, entry: SAEEntry) -> None:
 def activations(ctx: RunContext, model: str, work: Work) -> None:
     """Fill the model's missing eval and train caches: one forward pass per token set fills every hook point."""
     plan = ctx.plan
+    pending = [c for c in work.pending if c.key.model == model]
     hooks = sorted(
-        {c.key.hookpoint for c in work.pending if c.key.model == model}
+        {c.key.hookpoint for c in pending}
+        | {out for c in pending if (out := plan.saes[c.sae].spec.hookpoint_out)}  # a transcoder's targets
         | {plan.saes[n].spec.hookpoint for n in work.untrained if _fits_on_eval(plan.saes[n], model)}
     )
     missing = {h: plan.eval_cache(model, h) for h in hooks if not ActivationCache.exists(plan.eval_cache(model, h))}
@@ -212,7 +217,12 @@ def _build(ctx: RunContext, model: str, contexts: Tensor, folders: dict[str, Pat
         f"activations {model} {part} [{', '.join(folders)}]", total=int(contexts.numel()), unit="tok"
     ) as bar:
         build_caches(
-            ctx.adapter(model), contexts, folders, describe={"model": model, "part": part}, progress=bar.update
+            ctx.adapter(model),
+            contexts,
+            folders,
+            describe={"model": model, "part": part},
+            progress=bar.update,
+            dtype=ctx.plan.matrix.cache_dtype,
         )
 
 
@@ -294,35 +304,45 @@ def cells(ctx: RunContext, out: Results, run_id: int, name: str, cells: list[Cel
 
     A cell that raises is stored with its error and the others still run; bad input (a SaebenchError,
     a probe task's file, say) stops the run with exit 2, after what is stored."""
-    cache = ctx.eval_cache(name)
     sae = ctx.sae(name)
     record_sae(out, ctx, name, sae)
-    tokens = cache.tokens()
     for cell in cells:
-        start = time.perf_counter()
         bar.set_description(f"cells: {cell.key.sae} × {cell.key.scorer}")
-        try:
-            if cell.kind == "compare":
-                metrics, details, units = compare_cell(ctx, out, cell, sae)
-            else:
-                result = _score(ctx, out, cell, sae, cache, tokens)
-                metrics, details, units = result.metrics, result.details, result.units
-        except (KeyboardInterrupt, SaebenchError):
-            raise
-        except Exception as exc:  # one cell's failure is recorded; the others still run
-            out.write_cell(cell.key, **cell.row(run_id, time.perf_counter() - start, error=one_line(exc)))
-        else:
-            row = cell.row(run_id, time.perf_counter() - start, metrics=metrics, details=details, units=units)
-            out.write_cell(cell.key, **row)
+        compute = compare_cell if cell.kind == "compare" else _score
+        store_outcome(out, run_id, cell, partial(compute, ctx, out, cell, sae))
 
 
-def _score(ctx: RunContext, out: Results, cell: Cell, sae: SAE, cache: ActivationCache, tokens: Tensor) -> ScoreResult:
+def _score(ctx: RunContext, out: Results, cell: Cell, sae: SAE) -> tuple[dict, dict, Any]:
+    result = ctx.component(cell).score(sae, eval_inputs(ctx, out, cell, sae))
+    return result.metrics, result.details, result.units
+
+
+def store_outcome(out: Results, run_id: int, cell: Cell, compute: Callable[[], tuple[dict, dict, Any]]) -> None:
+    """Store ``compute()``'s (metrics, details, units) for ``cell``, or its error: a cell that raises is
+    stored with its error and the others still run; bad input (a SaebenchError) stops the run."""
+    start = time.perf_counter()
+    try:
+        metrics, details, units = compute()
+    except (KeyboardInterrupt, SaebenchError):
+        raise
+    except Exception as exc:  # one cell's failure is recorded; the others still run
+        out.write_cell(cell.key, **cell.row(run_id, time.perf_counter() - start, error=one_line(exc)))
+    else:
+        row = cell.row(run_id, time.perf_counter() - start, metrics=metrics, details=details, units=units)
+        out.write_cell(cell.key, **row)
+
+
+def eval_inputs(ctx: RunContext, out: Results, cell: Cell, sae: SAE) -> EvalInputs:
+    """What a scorer's ``score`` gets for one cell."""
     entry = ctx.plan.saes[cell.sae]
     scorer = ctx.component(cell)
-    inputs = EvalInputs(
+    cache, targets = ctx.eval_cache(cell.sae), target_cache(ctx, cell.sae)
+    return EvalInputs(
         hookpoint=cell.key.hookpoint,
+        hookpoint_out=entry.spec.hookpoint_out,
+        targets=targets.batches if targets is not None else None,
         activations=cache.batches,
-        tokens=tokens,
+        tokens=ctx.last("tokens", cache.folder, cache.tokens),
         seed=entry.seed,
         adapter=ctx.adapter(entry.spec.model) if scorer.needs_model else None,
         probe_data=partial(ctx.probe_data, entry.spec.model, entry.spec.hookpoint, seed=entry.seed)
@@ -331,4 +351,3 @@ def _score(ctx: RunContext, out: Results, cell: Cell, sae: SAE, cache: Activatio
         explain=partial(explain_latents, ctx, out, cell.sae, sae, cache) if scorer.uses_explanations else None,
         token_contexts=ctx.token_contexts(cell.sae),
     )
-    return scorer.score(sae, inputs)

@@ -171,6 +171,13 @@ class ResultsStore:
         cells = json.loads(row[0])["cells"] if row else []
         return list(dict.fromkeys((c["model"], c["hookpoint"], c["sae"]) for c in cells))
 
+    def scorer_order(self) -> list[str]:
+        """Scorer labels in the order of the newest run's plan: the leaderboard's column order, which must
+        not depend on which cells a run computed first."""
+        row = self.db.execute("SELECT plan FROM plans ORDER BY run_id DESC LIMIT 1").fetchone()
+        cells = json.loads(row[0])["cells"] if row else []
+        return list(dict.fromkeys(c["scorer"] for c in cells if "scorer" in c))
+
     def scorer_info(self) -> dict[str, dict[str, Any]]:
         """Scorer label -> its plugin name, family and declared headline metrics."""
         rows = self.db.execute("SELECT scorer, plugin, family, headline FROM scorers")

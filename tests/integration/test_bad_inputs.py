@@ -221,6 +221,16 @@ CASES = [
     Case("context_length-absurd", edit(lambda m: m["data"].update(context_length=10**12)), (M + "data", "fewer than")),
     Case("sae-name-duplicate", edit(lambda m: m["saes"].append(dict(m["saes"][0]))),
          (M + "saes[1].name", "duplicate")),
+    # -- devices (this test machine has no CUDA: the cases are skipped where it has) -----------------
+    *([] if torch.cuda.is_available() else [
+        Case("device-cuda-without-cuda", edit(lambda m: m.update(device="cuda")), (M + "device", "CUDA", "no CUDA device")),
+        Case("model-device-cuda-1", edit(lambda m: m["models"][0].update(device="cuda:1")), (M + "models[0].device", "CUDA")),
+    ]),
+    Case("device-unknown", edit(lambda m: m.update(device="tpu")), (M + "device", "unknown device 'tpu'")),
+    Case("device-given-twice", edit(lambda m: m["models"][0].update(device="cpu", options={"device": "cpu"})),
+         (M + "models[0].device", "once")),
+    Case("dtype-contradicts-options", edit(lambda m: m["models"][0].update(dtype="bfloat16", options={"dtype": "float32"})),
+         (M + "models[0].dtype", "contradicts")),
     # -- plugin names -----------------------------------------------------------------------------
     Case("scorer-unknown", edit(lambda m: m["scorers"].append("sparsityy")), (M + "scorers[1].name", "sparsityy")),
     Case("option-wrong-type", edit(lambda m: m.update(scorers=[{"name": "sparsity", "options": {"batch_tokens": "big"}}])),
@@ -243,8 +253,8 @@ CASES = [
         {"name": "t", "model": "tiny", "hookpoint": "layers.1", "train": {"arch": "relu", "d_sae": 10**12, "tokens": 1024}})),
          (M + "saes[1].train.d_sae", "GiB")),
     Case("train-arch-unknown", edit(lambda m: m["saes"].append(
-        {"name": "t", "model": "tiny", "hookpoint": "layers.1", "train": {"arch": "gated", "d_sae": 64, "tokens": 1024}})),
-         (M + "saes[1].train.arch", "gated")),
+        {"name": "t", "model": "tiny", "hookpoint": "layers.1", "train": {"arch": "temporal", "d_sae": 64, "tokens": 1024}})),
+         (M + "saes[1].train.arch", "temporal")),
     # -- references, files and data ----------------------------------------------------------------
     Case("sweep-key-unknown", edit(lambda m: m["saes"].append(
         {"name": "t{d_sea}", "model": "tiny", "hookpoint": "layers.1", "train": {"arch": "relu", "d_sae": 64, "tokens": 1024},
@@ -289,7 +299,7 @@ CASES = [
     Case("hookpoint-omitted-not-in-model", both(cfg_edit(lambda c: c.update(hook_name="blocks.7.hook_resid_post")),
                                                 edit(lambda m: m["saes"][0].pop("hookpoint"))),
          (M + "saes[0].hookpoint", "'relu'", "blocks.7.hook_resid_post", "'layers.7'")),
-    Case("cfg-arch-unknown", cfg_edit(lambda c: c.update(arch="gated")), ("cfg.json", "gated")),
+    Case("cfg-arch-unknown", cfg_edit(lambda c: c.update(arch="temporal")), ("cfg.json", "temporal")),
     Case("nan-weights", tensors_edit(lambda t: t["W_enc"].__setitem__((0, 0), float("nan"))),
          ("sae_weights.safetensors", "W_enc")),
     Case("weights-shape-mismatch", tensors_edit(lambda t: t.update(W_dec=torch.zeros(D_SAE, 31))),

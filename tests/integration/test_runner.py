@@ -242,3 +242,52 @@ def test_train_command_trains_and_saves_one_sae(tmp_path, tiny_llama, tiny_corpu
     bad = cli("train", "--model", str(tiny_llama), "--hookpoint", "layers.0", "--arch", "topk", "--d-sae", "48",
               "--tokens", "2048", "--output", str(tmp_path / "t2"))
     assert bad.returncode == 2 and "saebench train: saes[0].train" in bad.stderr and "needs k" in bad.stderr
+
+
+def test_downstream_cells_of_several_saes_are_scored_together_and_equal_each_scored_alone(workdir, monkeypatch):
+    from saebench.plugins.scorers.downstream import DownstreamScorer
+
+    groups = []
+    real = DownstreamScorer.score_many
+    monkeypatch.setattr(DownstreamScorer, "score_many", lambda self, saes, inputs: groups.append(len(saes)) or real(self, saes, inputs))
+    together = run_in_process(workdir)
+    assert together.done == 6 and groups == [2]  # both SAEs' downstream cells in one call
+    shared = {r["sae"]: r for r in leaderboard(workdir)}
+    m = write_matrix(workdir)
+    for sae in m["saes"]:  # each SAE alone, in a matrix of its own
+        write_matrix(workdir, saes=[sae], output=f"runs/alone-{sae['name']}")
+        run_in_process(workdir)
+        alone = list(csv.DictReader(io.StringIO(render(workdir / "runs" / f"alone-{sae['name']}", "csv"))))[0]
+        for col in ("downstream.ce_loss_score", "downstream.kl_score", "downstream.ce_clean", "downstream.kl_zero"):
+            assert float(alone[col]) == pytest.approx(float(shared[sae["name"]][col]), rel=1e-5, abs=1e-7), col
+    assert groups == [2, 1, 1]  # alone, each SAE goes through score(), which is score_many of one
+
+
+def test_a_failing_sae_in_a_downstream_group_fails_only_its_cell(workdir, monkeypatch):
+    from saebench.plugins.scorers.downstream import DownstreamScorer
+
+    real = DownstreamScorer.score_many
+
+    def score_many(self, saes, inputs):
+        if any(sae.cfg.arch == "relu" for sae in saes):
+            raise RuntimeError("boom in the relu SAE")
+        return real(self, saes, inputs)
+
+    monkeypatch.setattr(DownstreamScorer, "score_many", score_many)  # score() is score_many of one SAE
+    report = run_in_process(workdir)
+    assert [(key.sae, key.scorer) for key, _ in report.failed] == [("relu-ckpt", "downstream")]
+    assert "boom in the relu SAE" in report.failed[0][1]
+    rows = {r["sae"]: r for r in leaderboard(workdir)}
+    assert rows["topk-trained"]["downstream.ce_loss_score"] != "" and rows["relu-ckpt"]["downstream.ce_loss_score"] == ""
+
+
+def test_a_downstream_group_beyond_the_memory_budget_is_scored_in_parts(workdir, monkeypatch):
+    from saebench.plugins.scorers.downstream import DownstreamScorer
+    from saebench.run import shared
+
+    sizes = []
+    real = DownstreamScorer.score_many
+    monkeypatch.setattr(DownstreamScorer, "score_many", lambda self, saes, inputs: sizes.append(len(saes)) or real(self, saes, inputs))
+    monkeypatch.setattr(shared, "GROUP_BYTES", 1)  # no two SAEs fit together
+    report = run_in_process(workdir)
+    assert report.done == 6 and not report.failed and sizes == [1, 1]

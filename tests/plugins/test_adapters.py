@@ -343,3 +343,67 @@ def test_gpt2_attn_z_is_the_input_of_c_proj_and_other_sites_are_the_modules(gpt2
     torch.testing.assert_close(got["layers.1.attn.z"], seen[0], rtol=1e-5, atol=1e-6)
     assert torch.equal(got["layers.1.attn_out"], got["layers.1.attn"])  # no post-attention norm in GPT-2
     assert torch.equal(got["layers.1.mlp_out"], got["layers.1.mlp"])
+
+
+@pytest.mark.parametrize("model", ["gemma3", "llama", "gpt2"])
+@pytest.mark.parametrize("hookpoint", ["layers.1", "layers.2.mlp_out", "layers.2.attn.z"])
+def test_resumed_logits_equal_the_full_forward_and_skip_the_earlier_blocks(model, hookpoint, request):
+    adapter = request.getfixturevalue(model)
+    if hookpoint not in adapter.hookpoints():
+        pytest.skip(f"{model} has no {hookpoint}")
+    tokens = _tokens(adapter, seed=8)
+    hooks_before = [len(m._forward_pre_hooks) + len(m._forward_hooks) for m in adapter.model.modules()]
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(2, 12, adapter.d_model(hookpoint), generator=g)
+    replace = {hookpoint: lambda x: x * 0.5 + noise}
+    full = adapter.logits(tokens, replace=replace)
+    state = adapter.resume_state(tokens, hookpoint)
+    assert state.block == int(hookpoint.split(".")[1])
+    calls = []
+    first = adapter._find_hookpoints()["layers.0.mlp"]
+    handle = first.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        resumed = adapter.logits(tokens, replace=replace, resume=state)
+        assert not calls  # block 0's MLP never ran
+    finally:
+        handle.remove()
+    torch.testing.assert_close(resumed, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adapter.logits(tokens, resume=state), adapter.logits(tokens), rtol=1e-5, atol=1e-5)
+    assert not any("forward" in vars(b) for b in adapter._blocks)  # the skip is undone
+    assert [len(m._forward_pre_hooks) + len(m._forward_hooks) for m in adapter.model.modules()] == hooks_before
+
+
+def test_resume_state_errors_and_block_zero(gemma3):
+    tokens = _tokens(gemma3, seed=9)
+    assert gemma3.resume_state(tokens, "layers.0.mlp_out") is None  # nothing before block 0 to skip
+    state = gemma3.resume_state(tokens, "layers.2")
+    with pytest.raises(saebench.ShapeError, match="before the resumed block 2"):
+        gemma3.logits(tokens, replace={"layers.1": torch.zeros_like}, resume=state)
+    with pytest.raises(saebench.ShapeError, match="resume state of tokens"):
+        gemma3.logits(tokens[:1], resume=state)
+    with pytest.raises(saebench.ConfigError, match="unknown hook point"):
+        gemma3.resume_state(tokens, "layers.9")
+
+
+def test_downstream_over_several_saes_resumes_and_equals_full_forwards(gemma3, monkeypatch):
+    from reference import random_weights
+    from saebench.plugins.scorers.downstream import DownstreamScorer
+
+    hookpoints = ["layers.1", "layers.1", "layers.2.mlp_out"]
+    saes = [saebench.build_sae("relu", random_weights(32, 64, arch="relu", seed=s)) for s in range(3)]
+    tokens = torch.cat([_tokens(gemma3, batch=3, seq=12, seed=s) for s in (10, 11)])
+    inputs = [saebench.EvalInputs(hookpoint=hp, activations=lambda bt: iter([]), tokens=tokens, adapter=gemma3)
+              for hp in hookpoints]  # fmt: skip
+    scorer = DownstreamScorer(batch_contexts=4)
+    resumed = []
+    real = gemma3.resume_state
+    monkeypatch.setattr(gemma3, "resume_state", lambda t, hp: resumed.append(hp) or real(t, hp))
+    together = scorer.score_many(saes, inputs)
+    assert resumed == ["layers.1", "layers.2.mlp_out"] * 2  # once per hook point and batch
+    monkeypatch.setattr(gemma3, "resume_state", lambda t, hp: None)  # full forwards, one SAE at a time
+    for sae, one, got in zip(saes, inputs, together):
+        want = scorer.score(sae, one)
+        assert got.metrics.keys() == want.metrics.keys()
+        for k, v in want.metrics.items():
+            assert got.metrics[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    assert together[0].metrics["kl_sae"] != together[1].metrics["kl_sae"]

@@ -557,6 +557,37 @@ def test_downstream_keeps_special_positions():
     assert_metrics(res.metrics, reference_downstream(adapter.w, TOKENS, "relu", w), rel=1e-4, abs=1e-4)
 
 
+def test_downstream_score_many_equals_each_alone_with_one_clean_and_one_zero_pass_per_hook_point():
+    saes = [sae_for_model(kind)[0] for kind in ("relu", "identity", "garbage")]
+    hookpoints = ["layers.0", "layers.1", "layers.0"]
+    scorer = DownstreamScorer(batch_contexts=2)
+    alone = []
+    for sae, hp in zip(saes, hookpoints):
+        adapter = TinyAdapter()
+        inputs = downstream_inputs(adapter)
+        inputs.hookpoint = hp
+        alone.append(scorer.score(sae, inputs))
+    adapter = TinyAdapter()
+    together_inputs = [downstream_inputs(adapter) for _ in saes]
+    for inputs, hp in zip(together_inputs, hookpoints):
+        inputs.hookpoint = hp
+    calls = []
+    logits = adapter.logits
+    adapter.logits = lambda tokens, replace=None: calls.append(sorted(replace or {})) or logits(tokens, replace)
+    together = scorer.score_many(saes, together_inputs)
+    for a, b in zip(alone, together):
+        assert a.metrics == b.metrics and a.details == b.details
+        assert a.units.columns == b.units.columns
+    batches = math.ceil(TOKENS.shape[0] / 2)
+    # per batch: clean, zero at each of the two hook points, one spliced pass per SAE (not 3 passes per SAE)
+    assert len(calls) == batches * (1 + 2 + 3)
+    assert calls[:6] == [[], ["layers.0"], ["layers.0"], ["layers.0"], ["layers.1"], ["layers.1"]]
+    assert together[0].metrics["ce_clean"] == together[1].metrics["ce_clean"]
+    assert together[0].metrics["kl_zero"] == together[2].metrics["kl_zero"] != together[1].metrics["kl_zero"]
+    with pytest.raises(saebench.ShapeError, match="same evaluation tokens"):
+        scorer.score_many(saes[:2], [downstream_inputs(adapter), downstream_inputs(adapter, TOKENS[:2])])
+
+
 def test_downstream_needs_an_adapter():
     sae, _ = sae_for_model("relu")
     with pytest.raises(saebench.ConfigError, match="downstream needs a model"):

@@ -66,3 +66,23 @@ def test_cache_key_depends_on_every_field():
     assert cache_key(**base) == cache_key(**dict(base))
     assert cache_key(**base) != cache_key(**dict(base, hookpoint="layers.2"))
     assert cache_key(**base) != cache_key(**dict(base, data={"tokens": 11}))
+
+
+class NoisyAdapter(FakeAdapter):
+    """Values with full float32 mantissas, which bfloat16 must round."""
+
+    def capture(self, tokens, hookpoints):
+        out = super().capture(tokens, hookpoints)
+        return {h: v * 1.0123456 + 0.001 * torch.sin(v * 7.3) for h, v in out.items()}
+
+
+def test_a_bfloat16_cache_halves_the_shards_and_reads_back_float32_rounded_values(tmp_path):
+    ctx = contexts()
+    full = build_caches(NoisyAdapter(), ctx, {"a": tmp_path / "f32"})["a"]
+    half = build_caches(NoisyAdapter(), ctx, {"a": tmp_path / "bf16"}, dtype="bfloat16")["a"]
+    assert (full.manifest["dtype"], half.manifest["dtype"]) == ("float32", "bfloat16")
+    x32, x16 = torch.cat(list(full.batches(5))), torch.cat(list(half.batches(5)))
+    assert x16.dtype == torch.float32 and torch.equal(x16, x32.to(torch.bfloat16).float()) and not torch.equal(x16, x32)
+    size = lambda c: sum((c.folder / s["file"]).stat().st_size for s in c.manifest["shards"])  # noqa: E731
+    data_bytes = x32.numel() * 4
+    assert size(full) - data_bytes == size(half) - data_bytes // 2  # the same headers around half the data
