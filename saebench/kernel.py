@@ -13,7 +13,8 @@ Why it is shaped this way (measurements in benchmarks/RESULTS.md):
 - Large dictionaries are split into latent blocks as well (tokens × latents
   tiles), each with its own packed weight; TopK keeps a running top-k across
   the blocks, threshold SAEs merge each block's non-zeros. Extra memory is one
-  tile plus the sparse output, whatever d_sae is.
+  tile plus the sparse output, whatever d_sae is; that output is padded to its
+  widest row, or per row range (encode_sparse_parts) so one busy token stays cheap.
 Any other device (CUDA) uses the same tiling with plain torch ops.
 
 The kernel knows an SAE only through :class:`Fusable`, the part of :class:`saebench.SAE` it
@@ -240,14 +241,10 @@ def encode_sparse(
 def encode_sparse_parts(
     sae: Fusable, x: Tensor, slots: int | None = None, compute_dtype: torch.dtype | None = None
 ) -> Iterator[tuple[slice, Tensor, Tensor]]:
-    """:func:`encode_sparse` of x [N, d_in] as (rows, values, indices) of consecutive row ranges covering x.
-
-    Each part is padded to its own widest row and holds at most max(``slots``, 2 × its non-zeros)
-    entries (default ``PART_SLOTS``; see :func:`split_rows`), so a token that fires many latents
-    widens only its own part: memory is bounded by a chunk's non-zeros, not N × the largest K.
-    A row's entries are those of encode_sparse(x), bit for bit, less padding. TopK-style SAEs
-    (k entries per row) give one part.
-    """
+    """:func:`encode_sparse` of x [N, d_in] as (rows, values, indices) of consecutive row ranges covering x,
+    each padded to its own widest row with at most max(``slots`` or PART_SLOTS, 2 × its non-zeros) entries
+    (:func:`split_rows`): a token firing many latents widens only its own part, so memory follows a chunk's
+    non-zeros, not N × the largest K. Rows equal encode_sparse's bit for bit, less padding. TopK: one part."""
     if sae.topk_per_token:
         yield slice(0, x.shape[0]), *encode_topk(sae, x, sae.cfg.k, compute_dtype=compute_dtype)
         return

@@ -314,8 +314,11 @@ class SAE(nn.Module):
         """Reconstruction x̂ of x [..., d_in]; a transcoder's output, skip included (see :meth:`transcode`)."""
         if self._needs_grad(x):
             out = self.decode(self.encode_reference(self._check_input(x)))
-        else:
-            out = self.decode_sparse(*self.encode_sparse(x))
+        else:  # decoded part by part: one token firing many latents pads only its own part (kernel)
+            flat = self._check_input(x).reshape(-1, self.cfg.d_in)
+            parts = [(rows, kernel.decode_sparse(self, v, i)) for rows, v, i in kernel.encode_sparse_parts(self, flat)]
+            out = torch.cat([p for _, p in parts]) if parts else flat.new_empty(0, self.d_out)
+            out = out.view(*x.shape[:-1], self.d_out)
         skip = self.skip_connection(x)
         return out if skip is None else out + skip.to(out.device)
 

@@ -156,3 +156,14 @@ def test_latent_records_scan_is_bit_identical_to_the_unsplit_path(monkeypatch):
     np.testing.assert_array_equal(got[0].numpy(), rows)
     np.testing.assert_array_equal(got[1].numpy(), cols)
     np.testing.assert_allclose(got[2].numpy(), f[:, ::3][rows, cols], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch,extra", CASES, ids=[a for a, _ in CASES])
+def test_forward_decodes_part_by_part_bit_identical_to_the_padded_decode(arch, extra, monkeypatch):
+    sae, x, w = outlier_case(arch, extra, monkeypatch)
+    got = sae(x.reshape(4, 25, D_IN))  # what the downstream splice calls (transcode is forward)
+    assert got.shape == (4, 25, D_IN)
+    assert torch.equal(got.reshape(N, D_IN), sae.decode_sparse(*sae.encode_sparse(x)))
+    want = ref_decode(reference(arch, extra, x, w), w)  # float64 x̂ = f·W_dec + b_dec
+    np.testing.assert_allclose(got.reshape(N, D_IN).double().numpy(), want, rtol=1e-4, atol=1e-4)
+    assert sae(x[:0]).shape == (0, D_IN)
