@@ -88,6 +88,26 @@ def _resolve_release(sae: Any, path: str | Path, where: str) -> None:
     sae.path = resolved
 
 
+def model_hookpoint(name: str, model: Any, key: str, field: str) -> str:
+    """The model's hook point for a hook name a checkpoint gives (``field``: the SAE entry's key that
+    would set it instead), added to the model's hookpoints for hf-causal-lm, whose names are mapped."""
+    hookpoint = name
+    if name not in model.hookpoints:
+        try:
+            hookpoint = to_hookpoint(name)
+        except ValueError as exc:
+            raise ConfigError(f"the checkpoint's hook {name!r} is no hook point ({exc}): add '{field}'", key) from None
+    if hookpoint not in model.hookpoints:
+        if model.adapter != MAPPED_ADAPTER:
+            raise ConfigError(
+                f"the checkpoint's hook {name!r} is hook point {hookpoint!r} of {MAPPED_ADAPTER}, which model "
+                f"{model.name!r} does not list: add it to the model's hookpoints, or give '{field}'",
+                key,
+            )
+        model.hookpoints.append(hookpoint)
+    return hookpoint
+
+
 def _infer_hookpoint(sae: Any, model: Any, path: str | Path, where: str) -> None:
     key = f"{path}: {where}.hookpoint"
     try:
@@ -97,22 +117,7 @@ def _infer_hookpoint(sae: Any, model: Any, path: str | Path, where: str) -> None
         raise ConfigError(exc.problem, f"{path}: {where}.path" + (f": {exc.where}" if exc.where else "")) from None
     if name is None:
         raise ConfigError("the checkpoint names no hook point (in its config or its path): add 'hookpoint'", key)
-    hookpoint = name
-    if name not in model.hookpoints:
-        try:
-            hookpoint = to_hookpoint(name)
-        except ValueError as exc:
-            raise ConfigError(
-                f"the checkpoint's hook {name!r} is no hook point ({exc}): add 'hookpoint'", key
-            ) from None
-    if hookpoint not in model.hookpoints:
-        if model.adapter != MAPPED_ADAPTER:
-            raise ConfigError(
-                f"the checkpoint's hook {name!r} is hook point {hookpoint!r} of {MAPPED_ADAPTER}, which model "
-                f"{model.name!r} does not list: add it to the model's hookpoints, or give 'hookpoint'",
-                key,
-            )
-        model.hookpoints.append(hookpoint)
+    hookpoint = model_hookpoint(name, model, key, "hookpoint")
     sae.hookpoint = hookpoint
     sae.inferred_from(name)
 

@@ -17,8 +17,8 @@ from pydantic import model_serializer
 
 from saebench.errors import ConfigError, SaebenchError
 from saebench.models import hub
-from saebench.models.hooknames import checkpoint_hook_name_out, to_hookpoint
-from saebench.run.sources import MAPPED_ADAPTER
+from saebench.models.hooknames import checkpoint_hook_name_out
+from saebench.run.sources import model_hookpoint
 
 
 @model_serializer(mode="wrap")
@@ -39,7 +39,7 @@ def check_hookpoint_out(sae: Any, model: Any, path: str | Path, where: str) -> N
         name = _named_out(sae, path, where)
         if name is None:
             return
-        sae.hookpoint_out = _hookpoint_of(name, model, key)
+        sae.hookpoint_out = model_hookpoint(name, model, key, "hookpoint_out")
     if sae.hookpoint_out == sae.hookpoint:
         raise ConfigError(f"hookpoint_out is {sae.hookpoint!r}, the hook point it reads: omit it for an SAE", key)
     if sae.hookpoint_out not in model.hookpoints:
@@ -60,23 +60,3 @@ def _named_out(sae: Any, path: str | Path, where: str) -> str | None:
         return checkpoint_hook_name_out(local, sae.path)
     except SaebenchError as exc:  # a corrupt config: a matrix error here, as for the hook point it reads
         raise ConfigError(exc.problem, f"{path}: {where}.path" + (f": {exc.where}" if exc.where else "")) from None
-
-
-def _hookpoint_of(name: str, model: Any, key: str) -> str:
-    """The model's hook point for a checkpoint's hook name, added to its hookpoints for hf-causal-lm."""
-    hookpoint = name
-    if name not in model.hookpoints:
-        try:
-            hookpoint = to_hookpoint(name)
-        except ValueError as exc:
-            problem = f"the checkpoint writes {name!r}, which is no hook point ({exc}): add 'hookpoint_out'"
-            raise ConfigError(problem, key) from None
-    if hookpoint not in model.hookpoints:
-        if model.adapter != MAPPED_ADAPTER:
-            raise ConfigError(
-                f"the checkpoint writes {name!r}, hook point {hookpoint!r} of {MAPPED_ADAPTER}, which model "
-                f"{model.name!r} does not list: add it to the model's hookpoints, or give 'hookpoint_out'",
-                key,
-            )
-        model.hookpoints.append(hookpoint)
-    return hookpoint
