@@ -49,3 +49,24 @@ def make_tiny_model(
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def make_tiny_gemma3(folder: str | Path, n_layers: int = 2, d_model: int = 32, head_dim: int = 8) -> Path:
+    """A tiny random Gemma 3 (norms before and after its attention and MLP, 4 heads, sliding window 8) with
+    the tiny Llama's byte tokenizer. Its norm weights are drawn around 0 (scale 1 ± 0.5) so each one matters."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder = make_tiny_model(folder, "llama", n_layers=n_layers, d_model=d_model)
+    cfg = Gemma3TextConfig(
+        vocab_size=259, hidden_size=d_model, intermediate_size=48, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=256,
+        sliding_window=8, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(folder)  # replaces the Llama's config and weights
+    return folder

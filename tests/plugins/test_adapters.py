@@ -12,7 +12,7 @@ from saebench import plugin_manager
 from saebench.plugins.adapters.hf_causal_lm import HFCausalLMAdapter
 from saebench.plugins.data_sources.python_stdlib import PythonStdlibSource
 from saebench.run.data import make_contexts
-from saebench.testing.tiny_model import make_tiny_model
+from saebench.testing.tiny_model import make_tiny_gemma3, make_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +29,7 @@ def llama(llama_dir):
 def gemma3(tmp_path_factory):
     """A tiny Gemma 3 (its blocks norm the attention's and the MLP's outputs), with the tiny Llama's tokenizer;
     4 heads of dimension 16, so o_proj's input (64) is wider than the residual stream (32)."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    folder = make_tiny_model(tmp_path_factory.mktemp("gemma3"), "llama", n_layers=3, d_model=32)
-    cfg = Gemma3TextConfig(vocab_size=259, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-                           sliding_window=8, pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    torch.manual_seed(0)
-    model = Gemma3ForCausalLM(cfg)
-    with torch.no_grad():  # RMSNorm weights start at 0 (scale 1): make each norm matter
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0, 0.5)
-    model.save_pretrained(folder)  # replaces the Llama's config and weights
+    folder = make_tiny_gemma3(tmp_path_factory.mktemp("gemma3"), n_layers=3, head_dim=16)
     return HFCausalLMAdapter(str(folder))
 
 

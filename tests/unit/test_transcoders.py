@@ -23,7 +23,7 @@ from saebench.run.matrix import parse_matrix
 from saebench.run.plan import make_plan
 from saebench.run.progress import Progress
 from saebench.run.store import ResultsStore
-from saebench.testing.tiny_model import make_tiny_model
+from saebench.testing.tiny_model import make_tiny_gemma3
 
 D_MODEL, D_SAE = 32, 64
 FOLDER = "transcoder_all/layer_1_width_64_l0_small_affine"
@@ -205,20 +205,7 @@ def test_a_topk_transcoders_test_time_k_decodes_with_its_skip():
 @pytest.fixture(scope="module")
 def tiny_gemma3(tmp_path_factory):
     """A 2-layer Gemma 3 (d_model 32, norms before and after its MLPs) with the tiny Llama's byte tokenizer."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    folder = make_tiny_model(tmp_path_factory.mktemp("gemma3"), "llama", n_layers=2, d_model=D_MODEL)
-    cfg = Gemma3TextConfig(vocab_size=259, hidden_size=D_MODEL, intermediate_size=48, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-                           sliding_window=8, pad_token_id=0, eos_token_id=1, bos_token_id=2)  # fmt: skip
-    torch.manual_seed(0)
-    model = Gemma3ForCausalLM(cfg)
-    with torch.no_grad():  # norm weights start at 0 (scale 1): make each norm matter
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0, 0.5)
-    model.save_pretrained(folder)
-    return folder
+    return make_tiny_gemma3(tmp_path_factory.mktemp("gemma3"), n_layers=2, d_model=D_MODEL)
 
 
 def run_matrix(model, corpus, saes, scorers=("sparsity", "reconstruction"), hookpoints=("layers.1",)):
